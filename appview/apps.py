@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class AppviewConfig(AppConfig):
+    name = "appview"
+    verbose_name = "AppView records"
