@@ -1,0 +1,67 @@
+"""Every relay scenario of the fixtures, served by a real run_relay_sim, reaches firehose:events exactly
+once and in order (the firehose loop runs in this process; the relays start together, once)."""
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from appview import redis_store
+from firehose.simulation import load_replay
+from tests.firehose_helpers import (
+    accepted_events,
+    config,
+    run_in_process,
+    scenario_paths,
+    stream_frames,
+    wait_listening,
+)
+from tests.harness.processes import Service
+from tests.harness.servers import free_port
+
+SCENARIOS = scenario_paths()
+
+
+@pytest.fixture(scope="module")
+def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One run_relay_sim per scenario, started together: name -> URL."""
+    logs = tmp_path_factory.mktemp("relays")
+    env = {**os.environ, "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX, "PYTHONUNBUFFERED": "1"}
+    services = {
+        path.stem: Service(
+            path.stem, ["run_relay_sim", "--port", str(free_port()), "--rate", "0", "--replay", str(path)],
+            env, logs / f"{path.stem}.log",
+        ).start()
+        for path in SCENARIOS
+    }
+    try:
+        yield {name: wait_listening(service) for name, service in services.items()}
+    finally:
+        for service in services.values():
+            service.signal(signal.SIGTERM)
+        for service in services.values():
+            service.terminate(timeout=10)
+
+
+def test_the_fixture_scenarios_are_there() -> None:
+    names = {path.stem for path in SCENARIOS}
+    assert {"account_lifecycle", "post_lifecycle", "rev_ordering", "seq_ordering", "legacy"} <= names, names
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
+def test_it_puts_each_scenario_event_in_the_stream_once_and_in_order(path: Path, relays: dict[str, str]) -> None:
+    expected = accepted_events([frame.frame for frame in load_replay(path)])
+    assert expected, f"{path.name} has no valid repo event"
+    client = redis_store.connect()
+
+    firehose = run_in_process(config(relays[path.stem]),
+                              lambda: client.get(redis_store.firehose_cursor()) == str(expected[-1][0]).encode(),
+                              timeout=30)
+
+    assert stream_frames(client) == expected
+    assert firehose.counters.pushed == len(expected)
+    assert firehose.counters.reconnects == 0
