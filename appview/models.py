@@ -324,6 +324,23 @@ class IndexCursor(models.Model):
         return f"{self.name}: {self.seq}"
 
 
+class RowCountDelta(models.Model):
+    """A change in the number of stored rows, written by the transaction that made it.
+
+    Exact counts per collection (key: the NSID) and of actors (key: ``ACTOR_KEY``) without a COUNT(*)
+    over tables of 100M rows: the count is the sum of a key's deltas. Workers fold the rows of a key
+    into one from time to time, so the table stays small.
+    """
+
+    ACTOR_KEY = "actor"
+
+    key = models.TextField()
+    delta = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.delta:+d}"
+
+
 RECORD_MODELS: tuple[type[RepoRecord], ...] = (
     Post, Like, Repost, Follow, Block, Profile, List, ListItem, ListBlock, FeedGenerator, Threadgate,
     Postgate, StarterPack, LabelerService, Verification, ActorStatusRecord, NotificationDeclaration,

@@ -44,9 +44,24 @@ def cluster_workers() -> str:
     return key("cluster:workers")
 
 
+def latency_histogram() -> str:
+    """Hash: upper bound in ms of a latency bucket -> events committed that long after run_firehose read them."""
+    return key("cluster:latency")
+
+
 def throughput_bucket(series: str, resolution: str, bucket: int) -> str:
     """Counter of events in one time bucket: series is received or indexed, resolution s or m."""
     return key(f"throughput:{series}:{resolution}:{bucket}")
+
+
+def dashboard_broadcaster_lease() -> str:
+    """String with a TTL: the id of the one web process that builds and broadcasts dashboard snapshots."""
+    return key("dashboard:broadcaster")
+
+
+def dashboard_snapshot() -> str:
+    """String with a TTL: the JSON of the latest dashboard snapshot, sent to a websocket as it connects."""
+    return key("dashboard:snapshot")
 
 
 @cache

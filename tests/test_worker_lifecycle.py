@@ -1,0 +1,161 @@
+"""The worker's life: durable cursor, heartbeat, drain, SIGTERM, and PostgreSQL or Redis unreachable."""
+
+import json
+import signal
+import socket
+import time
+
+import pytest
+
+from appview import redis_store
+from appview.indexing import services
+from appview.models import IndexCursor, Like
+from tests.worker_helpers import (
+    OTHER,
+    commit_frame,
+    drain,
+    make_worker,
+    metrics,
+    push,
+    start_worker,
+    stop,
+    subprocess_env,
+    wait_for,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SUBJECT = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27",
+           "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}
+
+
+def likes(first: int, last: int) -> list[tuple[int, bytes]]:
+    return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.like/3lmxjza3h{seq:04d}",
+                                      {"$type": "app.bsky.feed.like", "subject": SUBJECT,
+                                       "createdAt": "2025-04-16T21:30:26.611Z"})]))
+            for seq in range(first, last + 1)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_it_saves_the_durable_cursor_and_never_moves_it_back() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 30))
+    drain()
+    assert IndexCursor.objects.get(name="firehose").seq == 30
+    push(client, likes(31, 60))
+    # Entry 31 was delivered to a worker that died: the cursor must stay below it.
+    client.xreadgroup(redis_store.CONSUMER_GROUP, "dead", {redis_store.events_stream(): ">"}, count=1)
+    worker = make_worker(batch_size=1000)
+    worker.step()
+    worker._advance_cursor()
+    assert Like.objects.count() == 59
+    assert IndexCursor.objects.get(name="firehose").seq == 30
+    client.xack(redis_store.events_stream(), redis_store.CONSUMER_GROUP, "31-0")
+    worker._advance_cursor()
+    assert IndexCursor.objects.get(name="firehose").seq == 60
+    assert services.advance_cursor(seq=10) == 60
+    assert IndexCursor.objects.get(name="firehose").seq == 60
+    # A missing row is created, not silently left missing (an UPDATE would save nothing).
+    IndexCursor.objects.all().delete()
+    push(client, likes(61, 70))
+    drain()
+    assert IndexCursor.objects.get(name="firehose").seq == 70
+
+
+def test_it_publishes_a_heartbeat_and_removes_it_on_exit() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 25))
+    worker = make_worker("beating", batch_size=10)
+    worker.step()
+    beat = json.loads(client.hget(redis_store.cluster_workers(), "beating"))
+    assert beat["name"] == "beating" and beat["processed"] == 10 and beat["errors"] == 0
+    assert beat["lastBatchSize"] == 10 and beat["batchLatencyMs"] > 0 and beat["batchLatencyP95Ms"] > 0
+    assert abs(beat["heartbeat"] - time.time()) < 30 and beat["pid"] > 0 and beat["host"]
+    worker.run(drain=True)
+    assert client.hget(redis_store.cluster_workers(), "beating") is None
+    assert worker.stats.processed == 25
+
+
+def test_it_exits_at_once_when_draining_an_empty_stream() -> None:
+    started = time.monotonic()
+    worker = drain()
+    assert time.monotonic() - started < 10
+    assert worker.stats.processed == 0
+
+
+def test_it_finishes_its_batch_and_exits_on_sigterm() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 3000))
+    worker = start_worker("terminated", "--batch-size", "100")
+    try:
+        wait_for(lambda: metrics(client).get("totalEvents", 0) >= 100, timeout=120)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+    finally:
+        stop(worker)
+    assert "worker terminated stopped" in log
+    # Nothing left half done: every delivered entry was committed and acknowledged.
+    assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 0
+    assert metrics(client)["totalEvents"] == Like.objects.count() < 3000
+    assert client.hget(redis_store.cluster_workers(), "terminated") is None
+
+
+def test_it_acknowledges_nothing_while_postgresql_is_unreachable() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 50))
+    unreachable = f"postgres://root@127.0.0.1:{free_port()}/nowhere"
+    worker = start_worker("no-database", "--batch-size", "20", DATABASE_URL=unreachable)
+    def pending() -> int:
+        return client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"]
+
+    try:
+        wait_for(lambda: pending() >= 20, timeout=60)
+        time.sleep(2)  # retrying meanwhile
+        delivered = pending()
+        assert metrics(client) == {}
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+    finally:
+        stop(worker)
+    # Every entry it took is still pending: none was acknowledged.
+    assert pending() == delivered
+    assert "PostgreSQL unreachable" in log
+    # Its entries stay pending for the same consumer (or any other, by a claim) once PostgreSQL is back.
+    drain("no-database")
+    assert Like.objects.count() == 50
+    assert metrics(client)["totalEvents"] == 50
+
+
+def test_it_waits_while_redis_is_unreachable_and_stops_on_sigterm() -> None:
+    env = subprocess_env(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    worker = start_worker("no-redis", "--batch-size", "20", **{k: env[k] for k in ("REDIS_URL",)})
+    try:
+        time.sleep(3)
+        assert worker.poll() is None  # still alive, retrying
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+    finally:
+        stop(worker)
+    assert "Redis unreachable" in log
+
+
+def test_it_recreates_the_consumer_group_when_redis_lost_its_data() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 10))
+    worker = make_worker(batch_size=100)
+    assert worker.step() == 10
+    client.delete(redis_store.events_stream())  # Redis restarted empty: no stream, no group
+    for seq, frame in likes(11, 15):
+        client.xadd(redis_store.events_stream(), {"seq": seq, "t": "#commit", "did": "did:plc:x", "frame": frame,
+                                                  "received_at": 0}, id=f"{seq}-0")
+    assert worker.step() == 0  # NOGROUP: the group is created again, from the start of the stream
+    assert worker.step() == 5
+    assert Like.objects.count() == 15

@@ -1,0 +1,213 @@
+"""Each relay scenario of the fixtures, indexed by a worker, gives the rows and aggregates it should."""
+
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from appview import redis_store
+from appview.models import (
+    Actor,
+    Follow,
+    Like,
+    Post,
+    Postgate,
+    Profile,
+    RecordTombstone,
+    Repost,
+    Threadgate,
+)
+from firehose.scenarios import load_scenario
+from tests.worker_helpers import DID, OTHER, SCENARIOS, commit_frame, drain, metrics, push
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+POST_URI = f"at://{OTHER}/app.bsky.feed.post/3llz56wmk522o"
+
+
+def replay(name: str) -> None:
+    """Pushes the messages a correct relay forwards, then runs a worker until the stream is drained."""
+    messages = [m for m in load_scenario(SCENARIOS / name) if not m.dropped]
+    push(redis_store.connect(), [(m.seq, m.frame) for m in messages])  # type: ignore[misc]
+    drain()
+
+
+def uris(model: Any) -> set[str]:
+    return set(model.objects.values_list("uri", flat=True))
+
+
+def assert_aggregates_match_rows() -> None:
+    """Every stored count equals the count of the rows it summarises."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.uri FROM appview_post p WHERE"
+            " p.like_count <> (SELECT count(*) FROM appview_like l WHERE l.subject_uri = p.uri)"
+            " OR p.repost_count <> (SELECT count(*) FROM appview_repost r WHERE r.subject_uri = p.uri)"
+            " OR p.reply_count <> (SELECT count(*) FROM appview_post c WHERE c.reply_parent_uri = p.uri)"
+            " OR p.quote_count <> (SELECT count(*) FROM appview_post q WHERE q.quote_uri = p.uri)"
+        )
+        assert cursor.fetchall() == []
+        cursor.execute(
+            "SELECT a.did FROM appview_actor a WHERE"
+            " a.followers_count <> (SELECT count(*) FROM appview_follow f WHERE f.subject_did = a.did)"
+            " OR a.follows_count <> (SELECT count(*) FROM appview_follow f WHERE f.did = a.did)"
+            " OR a.posts_count <> (SELECT count(*) FROM appview_post p WHERE p.did = a.did)"
+        )
+        assert cursor.fetchall() == []
+
+
+def test_it_indexes_post_lifecycle() -> None:
+    replay("post_lifecycle.json")
+    post = f"at://{DID}/app.bsky.feed.post/3lmxk35znys2k"
+    assert uris(Like) == set()  # created then deleted
+    assert uris(Post) == {post}  # the reply was created then deleted
+    assert uris(Threadgate) == {f"at://{DID}/app.bsky.feed.threadgate/3lmxk35znys2k"}
+    assert uris(Postgate) == {f"at://{DID}/app.bsky.feed.postgate/3lmxk35znys2k"}
+    assert set(RecordTombstone.objects.values_list("uri", "seq")) == {
+        (f"at://{DID}/app.bsky.feed.like/3lmxjza3h2i27", 35942466),
+        (f"at://{DID}/app.bsky.feed.post/3lmxjzlexp22k", 35956607),
+    }
+    stored = Post.objects.get(uri=post)
+    assert (stored.text, stored.langs, stored.embed_type, stored.seq) == (
+        "test post", ["en"], "app.bsky.embed.images", 35986865)
+    assert stored.created_at.isoformat() == "2025-04-16T21:31:31.667000+00:00"
+    assert stored.raw["labels"]["values"] == [{"val": "graphic-media"}]
+    # Blob references are stored as links in the data model's JSON form.
+    assert set(stored.raw["embed"]["images"][0]["image"]["ref"]) == {"$link"}
+    profile = Profile.objects.get(uri=f"at://{DID}/app.bsky.actor.profile/self")
+    assert profile.display_name == "bryan newbold"
+    assert profile.avatar_cid and profile.avatar_cid.startswith("bafkrei")
+    actor = Actor.objects.get(did=DID)
+    assert (actor.display_name, actor.posts_count, actor.follows_count) == ("bryan newbold", 1, 0)
+    assert actor.description.startswith("dweb, cycling")
+    # The liked and replied-to post's author got an actor row.
+    assert Actor.objects.filter(did=OTHER).exists()
+    assert_aggregates_match_rows()
+    assert metrics(redis_store.connect()) == {"totalEvents": 6, "#commit": 6}
+
+
+def test_it_indexes_post_lifecycle_legacy() -> None:
+    replay("post_lifecycle_legacy.json")
+    assert uris(Like) == {f"at://{DID}/app.bsky.feed.like/3llpyftcvih2r"}
+    assert uris(Post) == set()
+    assert uris(Threadgate) == {f"at://{DID}/app.bsky.feed.threadgate/3llxv7pnd3s2q"}
+    assert RecordTombstone.objects.count() == 2
+    assert Actor.objects.get(did=DID).posts_count == 0
+    assert_aggregates_match_rows()
+
+
+def test_it_marks_and_purges_a_deleted_account() -> None:
+    did = "did:plc:vvpy7d6y2li5yo73cgbszibl"
+    # A record written before the account is deleted must go with it.
+    push(redis_store.connect(), [(100, commit_frame(100, [("create", "app.bsky.feed.post/3lmxjza3h2i27",
+                                                                {"$type": "app.bsky.feed.post", "text": "bye",
+                                                                 "createdAt": "2025-04-16T21:30:26.611Z"})],
+                                                    did=did))])
+    replay("account_lifecycle.json")
+    actor = Actor.objects.get(did=did)
+    assert (actor.handle, actor.handle_seq) == ("pengua.bsky.social", 110)
+    assert (actor.active, actor.status, actor.status_seq) == (False, "deleted", 140)
+    assert (actor.rev, actor.rev_seq, actor.needs_resync) == ("3lmxrbvasth2t", 130, True)
+    assert actor.purged_seq == 140
+    assert (Post.objects.count(), actor.posts_count) == (0, 0)
+    assert metrics(redis_store.connect()) == {"totalEvents": 5, "#commit": 1, "#identity": 1, "#account": 2,
+                                              "#sync": 1}
+
+
+def test_it_keeps_a_deactivated_account_marked_then_active_again() -> None:
+    replay("deactivation.json")
+    actor = Actor.objects.get(did=DID)
+    assert (actor.active, actor.status, actor.status_seq) == (True, "active", 103)
+    # The first like stays; the second was created and deleted; the post (dropped by the relay) was
+    # never indexed, so its delete only leaves a tombstone; its threadgate is kept.
+    assert uris(Like) == {f"at://{DID}/app.bsky.feed.like/3llpyftcvih2r"}
+    assert uris(Threadgate) == {f"at://{DID}/app.bsky.feed.threadgate/3llxv7pnd3s2q"}
+    assert RecordTombstone.objects.filter(uri=f"at://{DID}/app.bsky.feed.post/3llxv7pnd3s2q", seq=107).exists()
+
+
+def test_it_shows_a_deactivated_account_as_inactive() -> None:
+    messages = [m for m in load_scenario(SCENARIOS / "deactivation.json") if not m.dropped and m.seq <= 101]
+    push(redis_store.connect(), [(m.seq, m.frame) for m in messages])  # type: ignore[misc]
+    drain()
+    actor = Actor.objects.get(did=DID)
+    assert (actor.active, actor.status) == (False, "deactivated")
+    assert uris(Like) == {f"at://{DID}/app.bsky.feed.like/3llpyftcvih2r"}  # kept, not purged
+
+
+def test_it_applies_rev_and_seq_ordering_scenarios() -> None:
+    replay("rev_ordering.json")
+    assert uris(Like) == set()
+    replay("seq_ordering.json")
+    assert uris(Like) == {f"at://{DID}/app.bsky.feed.like/3llpyftcvih2r"}
+    assert Like.objects.get().seq == 2000
+
+
+def test_it_indexes_legacy_events() -> None:
+    replay("legacy.json")
+    actor = Actor.objects.get(did=DID)
+    assert actor.handle is None  # the #identity event carries no handle
+    assert (actor.active, actor.status_seq) == (True, 7278969009)
+    like = Like.objects.get()
+    assert like.subject_uri == "at://did:plc:augewteszp6c4mawnasqdf2l/app.bsky.feed.post/3llmlwt3tl22o"
+    assert like.subject_cid == "bafyreigju3dbtgydwqcmen6yodl6mzskmewyg55kx5h7btc7kdfm7uw3dq"
+
+
+def test_it_indexes_the_real_commits() -> None:
+    for name in ("firehose_commit_4621317030.json", "firehose_commit_4621317332.json",
+                 "firehose_commit_4621332152.json", "firehose_commit_4623075231.json"):
+        replay(name)
+    assert Repost.objects.count() == 2
+    follower = "did:plc:vixizgjuwef5ovmixqxalfup"
+    follows = list(Follow.objects.filter(did=follower).values_list("subject_did", flat=True))
+    assert len(follows) > 1
+    assert Actor.objects.get(did=follower).follows_count == len(follows)
+    # Every followed DID has an actor row that counts the follow.
+    assert set(Actor.objects.filter(did__in=follows).values_list("followers_count", flat=True)) == {1}
+    profile = Profile.objects.get(did="did:plc:sxtoas2sxjv6gh2bibdg3g4b")
+    assert profile.display_name == ""
+    assert Actor.objects.get(did="did:plc:sxtoas2sxjv6gh2bibdg3g4b").display_name == ""
+    assert_aggregates_match_rows()
+
+
+def test_it_counts_likes_reposts_replies_and_quotes_exactly() -> None:
+    post = f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27"
+    ref = {"uri": post, "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}
+    when = "2025-04-16T21:30:26.611Z"
+    frames = [
+        # A like that arrives before the post it likes.
+        (10, commit_frame(10, [("create", "app.bsky.feed.like/3lmxjza3h2i22",
+                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": when})])),
+        (11, commit_frame(11, [("create", "app.bsky.feed.post/3lmxjza3h2i27",
+                                {"$type": "app.bsky.feed.post", "text": "hello", "createdAt": when})], did=OTHER)),
+        (12, commit_frame(12, [("create", "app.bsky.feed.repost/3lmxjza3h2i23",
+                                {"$type": "app.bsky.feed.repost", "subject": ref, "createdAt": when}),
+                               ("create", "app.bsky.feed.post/3lmxjza3h2i24",
+                                {"$type": "app.bsky.feed.post", "text": "reply", "createdAt": when,
+                                 "reply": {"root": ref, "parent": ref}}),
+                               ("create", "app.bsky.feed.post/3lmxjza3h2i25",
+                                {"$type": "app.bsky.feed.post", "text": "quote", "createdAt": when,
+                                 "embed": {"$type": "app.bsky.embed.record", "record": ref}}),
+                               ("create", "app.bsky.graph.follow/3lmxjza3h2i26",
+                                {"$type": "app.bsky.graph.follow", "subject": OTHER, "createdAt": when})])),
+        (13, commit_frame(13, [("create", "app.bsky.feed.like/3lmxjza3h2i28",
+                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": when})], did=OTHER)),
+    ]
+    push(redis_store.connect(), frames)
+    drain()
+    stored = Post.objects.get(uri=post)
+    assert (stored.like_count, stored.repost_count, stored.reply_count, stored.quote_count) == (2, 1, 1, 1)
+    assert Actor.objects.get(did=OTHER).followers_count == 1
+    assert Actor.objects.get(did=DID).posts_count == 2
+    # Deletes, and the same creates delivered again (ignored: older than the deletes).
+    push(redis_store.connect(), [
+        (20, commit_frame(20, [("delete", "app.bsky.feed.like/3lmxjza3h2i22", None),
+                               ("delete", "app.bsky.feed.post/3lmxjza3h2i24", None),
+                               ("delete", "app.bsky.graph.follow/3lmxjza3h2i26", None)])),
+    ])
+    push(redis_store.connect(), frames, explicit_ids=False)
+    drain()
+    stored.refresh_from_db()
+    assert (stored.like_count, stored.repost_count, stored.reply_count, stored.quote_count) == (1, 1, 0, 1)
+    assert Actor.objects.get(did=OTHER).followers_count == 0
+    assert Actor.objects.get(did=DID).posts_count == 1
+    assert_aggregates_match_rows()

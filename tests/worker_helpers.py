@@ -1,0 +1,171 @@
+"""Shared by the worker tests: filling firehose:events, building commit frames, running workers in
+this process or as subprocesses, and reading the whole index for comparisons."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import libipld
+import redis
+from django.conf import settings
+from django.db import connection
+
+from appview import redis_store
+from appview.indexing.worker import Worker
+from firehose import stream, wire
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+SCENARIOS = FIXTURES / "relay-scenarios"
+SYNTAX = FIXTURES / "interop" / "syntax"
+# Columns whose values depend on when a row was written, not on what was indexed.
+TIME_COLUMNS = {"indexed_at", "first_seen_at", "updated_at", "deleted_at"}
+DID = "did:plc:44ybard66vv44zksje25o7dz"
+OTHER = "did:plc:yk4dd2qkboz2yv6tpubpc6co"
+TID = "3lmxjza3h2i27"
+
+
+def push(client: redis.Redis, frames: Iterable[tuple[int, bytes]], *, explicit_ids: bool = True) -> int:
+    """Adds entries the way run_firehose does (docs/ARCHITECTURE.md); with ``explicit_ids=False`` the
+    stream order is the order given, whatever the seqs (to deliver events out of order)."""
+    stream.ensure_group(client)
+    pipe = client.pipeline(transaction=False)
+    count = 0
+    for seq, frame in frames:
+        decoded = wire.decode_frame(frame)
+        try:
+            did = wire.event_of(decoded).did
+        except wire.FrameError:
+            did = ""  # a bad event still travels through the stream; the worker counts it
+        fields = {"seq": seq, "t": decoded.type or "", "did": did, "frame": frame,
+                  "received_at": int(time.time() * 1000)}
+        pipe.xadd(redis_store.events_stream(), fields, id=f"{seq}-0" if explicit_ids else "*")
+        count += 1
+    pipe.execute()
+    return count
+
+
+def push_raw(client: redis.Redis, seq: int, frame: bytes, *, event_type: str = "#commit", did: str = DID) -> None:
+    """An entry whose frame need not decode."""
+    stream.ensure_group(client)
+    client.xadd(redis_store.events_stream(), {"seq": seq, "t": event_type, "did": did, "frame": frame,
+                                              "received_at": int(time.time() * 1000)}, id=f"{seq}-0")
+
+
+def commit_frame(seq: int, ops: list[tuple[str, str, dict[str, Any] | None]], *, did: str = DID,
+                 rev: str = TID) -> bytes:
+    """A #commit frame whose ops are (action, "collection/rkey", record or None)."""
+    blocks: list[bytes] = []
+    op_list = []
+    for action, path, record in ops:
+        op: dict[str, Any] = {"action": action, "path": path, "cid": None}
+        if record is not None:
+            block = libipld.encode_dag_cbor(record)
+            blocks.append(block)
+            op["cid"] = wire.cid_for_block(block)
+        op_list.append(op)
+    commit_block = libipld.encode_dag_cbor({"did": did, "version": 3, "rev": rev})
+    root = wire.cid_for_block(commit_block)
+    body = {"seq": seq, "rebase": False, "tooBig": False, "repo": did, "commit": root, "rev": rev, "since": None,
+            "blocks": wire.encode_car([root], [commit_block, *blocks]), "ops": op_list, "blobs": [],
+            "time": "2025-04-16T21:30:26.611Z"}
+    return wire.encode_frame({"op": 1, "t": "#commit"}, body)
+
+
+def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> bytes:
+    body = {"seq": seq, "did": did, "time": "2025-04-16T21:30:26.611Z", **fields}
+    if event_type == "#sync":
+        commit_block = libipld.encode_dag_cbor({"did": did, "version": 3, "rev": fields.get("rev")})
+        body["blocks"] = wire.encode_car([wire.cid_for_block(commit_block)], [commit_block])
+    return wire.encode_frame({"op": 1, "t": event_type}, body)
+
+
+def make_worker(name: str = "test-worker", *, batch_size: int = 100, max_attempts: int = 3,
+                claim_idle_ms: int = 60_000) -> Worker:
+    return Worker(consumer=name, batch_size=batch_size, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
+                  block_ms=50, sleep=lambda _: None)
+
+
+def drain(name: str = "test-worker", **options: Any) -> Worker:
+    worker = make_worker(name, **options)
+    worker.run(drain=True)
+    return worker
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment a subprocess needs to use this test run's database and Redis keys."""
+    db = settings.DATABASES["default"]
+    credentials = quote(str(db["USER"] or "")) + (f":{quote(str(db['PASSWORD']))}" if db["PASSWORD"] else "")
+    authority = f"{credentials}@" if credentials else ""
+    url = f"postgres://{authority}{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {**os.environ, "DATABASE_URL": url, "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX, **extra}
+
+
+def start_worker(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "run_worker", "--consumer", name, *args],
+        cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=30)
+
+
+def app_tables() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                       " AND tablename LIKE 'appview\\_%%' ORDER BY tablename")
+        return [name for (name,) in cursor.fetchall()]
+
+
+def truncate_index() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE " + ", ".join(app_tables()))
+
+
+def snapshot() -> dict[str, Any]:
+    """Every row of every table of the index (time columns left out), the ledger as its sums."""
+    result: dict[str, Any] = {}
+    with connection.cursor() as cursor:
+        for table in app_tables():
+            if table == "appview_rowcountdelta":
+                cursor.execute(f"SELECT key, sum(delta) FROM {table} GROUP BY key HAVING sum(delta) <> 0 ORDER BY key")
+                result[table] = cursor.fetchall()
+                continue
+            cursor.execute(f"SELECT * FROM {table} LIMIT 0")
+            columns = [c.name for c in cursor.description if c.name not in TIME_COLUMNS]
+            cursor.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
+            result[table] = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    return result
+
+
+def diff(left: dict[str, Any], right: dict[str, Any]) -> list[str]:
+    """Readable differences between two snapshots (empty when identical)."""
+    problems = []
+    for table in sorted(set(left) | set(right)):
+        a, b = left.get(table, []), right.get(table, [])
+        if a != b:
+            missing = [row for row in a if row not in b][:3]
+            extra = [row for row in b if row not in a][:3]
+            problems.append(f"{table}: {len(a)} vs {len(b)} rows; only left {missing}; only right {extra}")
+    return problems
+
+
+def metrics(client: redis.Redis) -> dict[str, int]:
+    return {name.decode(): int(value) for name, value in client.hgetall(redis_store.cluster_metrics()).items()}
+
+
+def wait_for(condition: Any, *, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
