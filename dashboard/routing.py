@@ -1,3 +1,7 @@
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-websocket_urlpatterns: list[URLPattern] = []
+from dashboard.consumers import MetricsConsumer
+
+websocket_urlpatterns: list[URLPattern] = [
+    path("ws/metrics/", MetricsConsumer.as_asgi(), name="ws-metrics"),
+]

@@ -1,7 +1,28 @@
-from django.db import connection
-from django.http import HttpRequest, JsonResponse
+import json
+import logging
+
+import redis
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_safe
 
 from appview import redis_store
+from dashboard import selectors
+
+logger = logging.getLogger(__name__)
+
+
+@require_safe
+def index(request: HttpRequest) -> HttpResponse:
+    """The dashboard page, with the latest snapshot inlined so that it shows data before its websocket opens."""
+    try:
+        snapshot = json.loads(selectors.latest_snapshot_json())
+    except (redis.RedisError, DatabaseError) as exc:
+        # The page still loads: it shows its data as stale and keeps trying to reach the server.
+        logger.warning("dashboard page without a snapshot: %s: %s", type(exc).__name__, exc)
+        snapshot = None
+    return render(request, "dashboard/index.html", {"snapshot": snapshot})
 
 
 def healthz(request: HttpRequest) -> JsonResponse:

@@ -1,0 +1,109 @@
+"""GET /api/metrics and the dashboard page, through Django's test client against real Redis and PostgreSQL."""
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from appview import redis_store
+
+SNAPSHOT_KEYS = {
+    "eventsProcessed", "eventCounts", "errors", "errorRate", "firehoseStatus", "queue", "workers", "records",
+    "databaseAvailable", "throughput", "lastUpdate",
+}
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_answers_zeros_and_disconnected_before_anything_has_run(client: Client) -> None:
+    response = client.get("/api/metrics")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response["Cache-Control"] == "no-store"
+    body = response.json()
+    assert set(body) == SNAPSHOT_KEYS
+    assert body["eventsProcessed"] == 0
+    assert body["eventCounts"] == {"#commit": 0, "#identity": 0, "#account": 0, "#sync": 0}
+    assert body["errorRate"] == 0
+    assert body["firehoseStatus"]["connected"] is False
+    assert body["queue"]["length"] == 0
+    assert body["workers"] == []
+    assert set(body["throughput"]) == {"perSecond", "perMinute"}
+
+
+def test_it_reports_what_the_pipeline_wrote(client: Client) -> None:
+    redis = redis_store.connect()
+    now = time.time()
+    redis.hset(redis_store.cluster_metrics(), mapping={"totalEvents": 10, "#commit": 8, "#identity": 2, "errors": 1})
+    redis.set(redis_store.firehose_status(), json.dumps({
+        "connected": True, "url": "ws://127.0.0.1:5010", "currentCursor": "123", "reconnects": 1,
+    }), ex=10)
+    redis.xadd(redis_store.events_stream(), {"seq": 123}, id="123-0")
+    redis.hset(redis_store.cluster_workers(), "w1", json.dumps({
+        "name": "w1", "processed": 10, "errors": 1, "batchLatencyMs": 3.5, "heartbeat": now,
+    }))
+    redis.set(redis_store.throughput_bucket("received", "s", int(now) - 1), 4)
+
+    body = client.get("/api/metrics").json()
+
+    assert body["eventsProcessed"] == 10
+    assert body["eventCounts"] == {"#commit": 8, "#identity": 2, "#account": 0, "#sync": 0}
+    assert body["errorRate"] == 0.1
+    assert body["firehoseStatus"]["connected"] is True
+    assert body["firehoseStatus"]["url"] == "ws://127.0.0.1:5010"
+    assert body["firehoseStatus"]["currentCursor"] == "123"
+    assert body["firehoseStatus"]["reconnects"] == 1
+    assert body["queue"]["length"] == 1
+    assert [(w["name"], w["processed"], w["batchLatencyMs"]) for w in body["workers"]] == [("w1", 10, 3.5)]
+    assert body["workers"][0]["heartbeatAgeSeconds"] < 5
+    assert [received for t, received, _ in body["throughput"]["perSecond"] if t == int(now) - 1] == [4]
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_it_is_read_only(client: Client, method: str) -> None:
+    assert getattr(client, method)("/api/metrics", data={}).status_code == 405
+    assert getattr(client, method)("/", data={}).status_code == 405
+
+
+@pytest.fixture
+def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(settings, "REDIS_URL", "redis://127.0.0.1:1/0")
+    redis_store.connect.cache_clear()
+    yield
+    redis_store.connect.cache_clear()
+
+
+def test_it_says_503_when_redis_is_unreachable(client: Client, unreachable_redis: None) -> None:
+    response = client.get("/api/metrics")
+
+    assert response.status_code == 503
+    assert "ConnectionError" in response.json()["detail"]
+
+
+def test_it_serves_the_page_even_when_redis_is_unreachable(client: Client, unreachable_redis: None) -> None:
+    response = client.get("/")
+
+    assert response.status_code == 200
+    assert b'<script id="initial-snapshot" type="application/json">null</script>' in response.content
+
+
+def test_it_serves_the_page_with_the_latest_snapshot_inlined(client: Client) -> None:
+    redis_store.connect().hset(redis_store.cluster_metrics(), "totalEvents", 31337)
+
+    response = client.get("/")
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    start = html.index('<script id="initial-snapshot" type="application/json">') + len(
+        '<script id="initial-snapshot" type="application/json">'
+    )
+    inlined = json.loads(html[start:html.index("</script>", start)])
+    assert inlined["eventsProcessed"] == 31337
+    assert 'data-ws-path="/ws/metrics/"' in html
+    assert 'data-api-url="/api/metrics"' in html
+    for asset in ("dashboard/dashboard.css", "dashboard/dashboard.js", "dashboard/throughput-chart.js"):
+        assert f"/static/{asset}" in html
