@@ -159,3 +159,17 @@ def test_it_recreates_the_consumer_group_when_redis_lost_its_data() -> None:
     assert worker.step() == 0  # NOGROUP: the group is created again, from the start of the stream
     assert worker.step() == 5
     assert Like.objects.count() == 15
+
+
+def test_it_records_how_long_each_event_took_from_arrival_to_commit() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 40))
+    old = str(int(time.time() * 1000) - 4000).encode()
+    client.xadd(redis_store.events_stream(), {"seq": 41, "t": "#commit", "did": OTHER, "received_at": old,
+                                              "frame": likes(41, 41)[0][1]}, id="41-0")
+    drain()
+    drain()  # a second pass acknowledges nothing, so it must add nothing
+    histogram = {k.decode(): int(v) for k, v in client.hgetall(redis_store.latency_histogram()).items()}
+    assert sum(histogram.values()) == 41 == metrics(client)["totalEvents"]
+    assert histogram["5000"] == 1  # the event that waited 4 s before reaching the worker
+    assert sum(count for bucket, count in histogram.items() if bucket not in {"5000", "+inf"}) == 40

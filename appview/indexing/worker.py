@@ -7,6 +7,7 @@ failing goes to firehose:dead-letters. PostgreSQL or Redis down: wait with backo
 nothing that is not committed. Entries left pending by a dead worker are claimed (XAUTOCLAIM).
 """
 
+import bisect
 import contextlib
 import json
 import logging
@@ -58,14 +59,16 @@ local m = tonumber(ARGV[3])
 local counts = {}
 local total = 0
 local errors = 0
+local latencies = {}
 local i = 7
 for _ = 1, n do
   if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
     total = total + 1
     errors = errors + tonumber(ARGV[i + 2])
     counts[ARGV[i + 1]] = (counts[ARGV[i + 1]] or 0) + 1
+    if ARGV[i + 3] ~= '' then latencies[ARGV[i + 3]] = (latencies[ARGV[i + 3]] or 0) + 1 end
   end
-  i = i + 3
+  i = i + 4
 end
 for _ = 1, m do
   local nfields = tonumber(ARGV[i + 5])
@@ -95,9 +98,26 @@ if total > 0 then
   redis.call('EXPIRE', KEYS[3], ARGV[5])
   redis.call('INCRBY', KEYS[4], total)
   redis.call('EXPIRE', KEYS[4], ARGV[6])
+  for bucket, count in pairs(latencies) do redis.call('HINCRBY', KEYS[6], bucket, count) end
 end
 return {total, errors}
 """
+
+
+# Upper bounds (ms) of the buckets of cluster:latency: the time from run_firehose reading an event to its commit.
+LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000,
+                      3000, 5000, 10000, 30000, 60000)
+
+
+def latency_bucket(event: Event, now: float) -> str:
+    """The cluster:latency field for an event committed at ``now``; empty when it carries no arrival time."""
+    try:
+        received_ms = int(event.fields.get(b"received_at", b""))
+    except ValueError:
+        return ""
+    latency_ms = now * 1000 - received_ms
+    index = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
+    return str(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else "+inf"
 
 
 class Abandon(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -422,7 +442,7 @@ class Worker:
         args: list[Any] = [redis_store.CONSUMER_GROUP, len(done), len(dead), DEAD_LETTERS_MAXLEN,
                            stream.SECOND_BUCKET_TTL, stream.MINUTE_BUCKET_TTL]
         for event in done:
-            args += (event.entry_id, event.type, event.errors)
+            args += (event.entry_id, event.type, event.errors, latency_bucket(event, now))
         failed_at = f"{now:.3f}"
         for event, error in dead:
             args += (event.entry_id, event.type, error[:2000], self.consumer, failed_at, len(event.fields))
@@ -430,7 +450,8 @@ class Worker:
                 args += (name, value)
         keys = [redis_store.events_stream(), redis_store.cluster_metrics(),
                 redis_store.throughput_bucket("indexed", "s", second),
-                redis_store.throughput_bucket("indexed", "m", second // 60), redis_store.dead_letters_stream()]
+                redis_store.throughput_bucket("indexed", "m", second // 60), redis_store.dead_letters_stream(),
+                redis_store.latency_histogram()]
         try:
             acked, errors = self._with_redis(lambda: self._ack_script(keys=keys, args=args))
         except Abandon:
