@@ -72,6 +72,8 @@ class RelayOptions:
     start_immediately: bool = False
     faults: Faults = field(default_factory=Faults)
     log_interval: float = 5.0
+    # Events encoded ahead of their emission; 0 when they carry the wall-clock time they are sent at.
+    prefetch_events: int = PREFETCH_EVENTS
 
 
 def error_frame(name: str, message: str) -> bytes:
@@ -223,7 +225,7 @@ class RelaySimulator:
     async def _emit(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._started.is_set():
-            if len(self._pending) < PREFETCH_EVENTS and not self._exhausted:
+            if len(self._pending) < self.options.prefetch_events and not self._exhausted:
                 self._encode_ahead(ENCODE_CHUNK)
                 await asyncio.sleep(0)
             else:
@@ -236,7 +238,7 @@ class RelaySimulator:
             if rate > 0:
                 due = int((loop.time() - started_at) * rate) - emitted
                 if due <= 0:
-                    if len(self._pending) < PREFETCH_EVENTS and not self._exhausted:
+                    if len(self._pending) < self.options.prefetch_events and not self._exhausted:
                         self._encode_ahead(ENCODE_CHUNK)
                         await asyncio.sleep(0)
                     else:

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from firehose.relay_server import PATH, Faults, RelayOptions, RelaySimulator
+from firehose.relay_server import PATH, PREFETCH_EVENTS, Faults, RelayOptions, RelaySimulator
 from firehose.simulation import SyntheticFirehose, load_replay, write_recording
 
 logger = logging.getLogger("firehose.relay_sim")
@@ -81,6 +81,7 @@ class Command(BaseCommand):
             backlog_bytes=max(1, int(options["backlog_mb"] * 1024 * 1024)),
             start_immediately=options["start_immediately"],
             log_interval=max(options["log_interval"], 0.1),
+            prefetch_events=0 if options["wall_clock"] else PREFETCH_EVENTS,
             faults=Faults(
                 drop_every=options["drop_every"],
                 malformed_every=options["malformed_every"],
@@ -96,7 +97,7 @@ class Command(BaseCommand):
                 simulator,
                 options["host"],
                 options["port"],
-                prefill=options["events"] is not None or options["replay"] is not None,
+                prefill=(options["events"] is not None or options["replay"] is not None) and not options["wall_clock"],
             )
         )
 
