@@ -541,11 +541,7 @@ class Firehose:
     async def _apply_backpressure(self) -> None:
         """Trims what the workers acknowledged; if the stream is still at its high-water mark, stops
         reading from the relay until housekeeping sees it at the low-water mark."""
-        try:
-            await asyncio.to_thread(stream.trim_acknowledged, self.client)
-            self.stream_length = await asyncio.to_thread(stream.stream_length, self.client)
-        except redis.RedisError as exc:
-            self._rate_limited.warning("redis-trim", "Redis failed a trim (%s)", exc)
+        if not await self._trim_and_measure():
             return
         if self.stream_length >= self.config.high_water:
             self.paused = True
@@ -576,12 +572,18 @@ class Firehose:
                 last_trim = now
                 await self._trim()
 
-    async def _trim(self) -> None:
+    async def _trim_and_measure(self) -> bool:
+        """Trims what every worker acknowledged and refreshes ``stream_length``; False if Redis failed."""
         try:
             await asyncio.to_thread(stream.trim_acknowledged, self.client)
             self.stream_length = await asyncio.to_thread(stream.stream_length, self.client)
         except redis.RedisError as exc:
             self._rate_limited.warning("redis-trim", "Redis failed a trim (%s)", exc)
+            return False
+        return True
+
+    async def _trim(self) -> None:
+        if not await self._trim_and_measure():
             return
         if self.paused and self.stream_length <= self.config.low_water:
             self.paused = False
