@@ -41,7 +41,8 @@ def setup_environment(prefix: str) -> None:
     os.environ["DATABASE_URL"] = re.sub(r"/[^/]*$", f"/{BENCH_DB}", base)
 
 
-def recreate_database() -> None:
+def admin_sql(*statements: str) -> None:
+    """Runs statements on the server's maintenance database (to create or drop the benchmark's own)."""
     import psycopg
     from django.conf import settings
 
@@ -49,8 +50,12 @@ def recreate_database() -> None:
     conninfo = {k: v for k, v in {"host": db["HOST"], "port": db["PORT"], "user": db["USER"],
                                   "password": db["PASSWORD"]}.items() if v}
     with psycopg.connect(dbname="postgres", autocommit=True, **conninfo) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+        for statement in statements:
+            conn.execute(statement)
+
+
+def recreate_database() -> None:
+    admin_sql(f"DROP DATABASE IF EXISTS {BENCH_DB}", f"CREATE DATABASE {BENCH_DB}")
     subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), "migrate", "-v0"], check=True, cwd=BASE_DIR)
 
 
@@ -265,6 +270,10 @@ def main() -> None:
     finally:
         for key in client.scan_iter(match=redis_store.key("*"), count=1000):
             client.delete(key)
+        from django.db import connection
+
+        connection.close()
+        admin_sql(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
     LOAD.append(os.getloadavg()[0])
     command = (f".venv/bin/python bench/worker_bench.py --events {args.events} --seed {args.seed}"
                f" --batch-size {args.batch_size} --naive-sample {args.naive_sample}")
