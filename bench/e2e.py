@@ -10,7 +10,9 @@ Each phase gets a throwaway redis-server and a fresh migrated database on the ma
    ``--events`` synthetic events as fast as it can send them (the recording is made once and cached in
    bench/output/), ``run_firehose`` reads from cursor 0, N ``run_worker``s index. The rate is
    ``cluster:metrics`` totalEvents sampled every 0.5 s, over ``--seconds`` after ``--warmup`` seconds.
-   After the first of these windows, py-spy profiles the slowest stage for ``--profile-seconds``.
+   After the first of these windows, py-spy profiles the slowest stage (the workers when the stream
+   backs up behind them, else run_firehose) for ``--profile-seconds``, twice: CPU samples, then the
+   main thread's wall-clock time with waits included.
 2. Latency, once per ``--rate``: ``run_relay_sim`` generates events live at that rate, one worker
    indexes; p50/p95/p99 come from the difference of two snapshots of the worker's histogram
    ``cluster:latency`` (commit time minus the time run_firehose read the event), taken after the
@@ -19,11 +21,14 @@ Each phase gets a throwaway redis-server and a fresh migrated database on the ma
    first throughput phase committed (the ceiling), and the naive indexer (one event per transaction)
    on the first ``--naive-events`` events of the recording.
 
-Throughout, every process's resident memory (with its children) and XLEN are sampled every 0.5 s,
-and the CPU each process used in the window is read from /proc: on a 2-core machine the relay
-simulator, run_firehose, the workers, Redis and PostgreSQL all share the same cores, and the CPU table
-says who used them. Prints a table and rewrites the "End-to-end" section of docs/benchmarks.md.
-Not a test: nothing here asserts.
+Throughout, every process's resident memory (with its children), XLEN and the state of the phase
+database's PostgreSQL backends (pg_stat_activity: executing, waiting for a lock, waiting for the worker)
+are sampled every 0.5 s, and the CPU each process used in the window is read from /proc: on a 2-core
+machine the relay simulator, run_firehose, the workers, Redis and PostgreSQL all share the same cores,
+and the CPU tables say who used them and how much per committed event. Run it on an otherwise idle
+machine: the report shows how much CPU other processes took. Prints a report and rewrites the
+"End-to-end" section of docs/benchmarks.md (other sections are kept; --no-doc leaves the file alone);
+logs, profiles and the report stay in bench/output/e2e-<time>/. Not a test: nothing here asserts.
 """
 
 import argparse
@@ -977,7 +982,7 @@ def main() -> None:
     run_id = time.strftime("%Y%m%d-%H%M%S")
     output = OUTPUT_DIR / f"e2e-{run_id}"
     output.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python bench/e2e.py " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    command = " ".join([".venv/bin/python bench/e2e.py", *(shlex.quote(arg) for arg in sys.argv[1:])])
     print(f"logs and profiles in {output.relative_to(BASE_DIR)}", flush=True)
     with ExitStack() as stack:
         template_url = stack.enter_context(scratch_database())

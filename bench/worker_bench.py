@@ -31,6 +31,9 @@ import psutil
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 BENCH_DB = "appview_worker_bench"
+# Databases that benchmarks create and drop themselves (this one, bench/e2e.py's scratch copies): the only
+# ones whose tables the COPY ceiling may truncate.
+THROWAWAY_DATABASES = (BENCH_DB, "appview_scratch_")
 TARGETS = {"rate": 15_000, "copy_ratio": 0.5, "naive_ratio": 10, "rss_mb": 200}
 
 
@@ -153,6 +156,9 @@ def copy_ceiling() -> tuple[float, int]:
     """Seconds to COPY the stored rows back into their (truncated) tables, and the number of rows."""
     from django.db import connection
 
+    database = connection.settings_dict["NAME"]
+    if not database.startswith(THROWAWAY_DATABASES):
+        raise RuntimeError(f"refusing to truncate the tables of {database!r}: not a benchmark's own database")
     connection.ensure_connection()
     raw = connection.connection
     raw.autocommit = True
