@@ -2,8 +2,10 @@
 
 import asyncio
 import re
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -67,6 +69,18 @@ def wait_listening(relay: Service, timeout: float = 60.0) -> str:
         return match.group(1) if match else None
 
     return wait_until(url, timeout=timeout, interval=0.1, message="run_relay_sim to listen")
+
+
+@contextmanager
+def serving(relays: dict[str, Service]) -> Iterator[dict[str, str]]:
+    """Yields name -> URL of started run_relay_sim services once each listens; stops them all afterwards."""
+    try:
+        yield {name: wait_listening(service) for name, service in relays.items()}
+    finally:
+        for service in relays.values():
+            service.signal(signal.SIGTERM)
+        for service in relays.values():
+            service.terminate(timeout=10)
 
 
 def stream_frames(client: redis.Redis) -> list[tuple[int, bytes]]:

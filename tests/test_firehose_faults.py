@@ -3,7 +3,6 @@ a cursor in the future or too old): the firehose loop, in this process, survives
 no duplicate in firehose:events. The relays start together, once; seqs are beyond 32 bits."""
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from django.conf import settings
 
 from appview import redis_store
 from firehose.simulation import SyntheticFirehose
-from tests.firehose_helpers import config, cursor, run_in_process, stream_frames, wait_listening
+from tests.firehose_helpers import config, cursor, run_in_process, serving, stream_frames, wait_listening
 from tests.harness.processes import Service
 from tests.harness.servers import free_port
 
@@ -43,13 +42,8 @@ def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         name: Service(name, ["run_relay_sim", "--port", str(free_port()), *args], env, logs / f"{name}.log").start()
         for name, args in commands.items()
     }
-    try:
-        yield {name: wait_listening(service) for name, service in services.items()}
-    finally:
-        for service in services.values():
-            service.signal(signal.SIGTERM)
-        for service in services.values():
-            service.terminate(timeout=10)
+    with serving(services) as urls:
+        yield urls
 
 
 @pytest.fixture(scope="module")

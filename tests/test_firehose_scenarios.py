@@ -2,7 +2,6 @@
 once and in order (the firehose loop runs in this process; the relays start together, once)."""
 
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from tests.firehose_helpers import (
     config,
     run_in_process,
     scenario_paths,
+    serving,
     stream_frames,
-    wait_listening,
 )
 from tests.harness.processes import Service
 from tests.harness.servers import free_port
@@ -37,13 +36,8 @@ def relays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         ).start()
         for path in SCENARIOS
     }
-    try:
-        yield {name: wait_listening(service) for name, service in services.items()}
-    finally:
-        for service in services.values():
-            service.signal(signal.SIGTERM)
-        for service in services.values():
-            service.terminate(timeout=10)
+    with serving(services) as urls:
+        yield urls
 
 
 def test_the_fixture_scenarios_are_there() -> None:
