@@ -6,9 +6,11 @@ import socket
 import time
 
 import pytest
+from django.db import connection
 
 from appview import redis_store
 from appview.indexing import services
+from appview.indexing.worker import Worker
 from appview.models import IndexCursor, Like
 from tests.worker_helpers import (
     OTHER,
@@ -126,7 +128,7 @@ def test_it_acknowledges_nothing_while_postgresql_is_unreachable() -> None:
         stop(worker)
     # Every entry it took is still pending: none was acknowledged.
     assert pending() == delivered
-    assert "PostgreSQL unreachable" in log
+    assert "PostgreSQL unreachable or not migrated" in log
     # Its entries stay pending for the same consumer (or any other, by a claim) once PostgreSQL is back.
     drain("no-database")
     assert Like.objects.count() == 50
@@ -173,3 +175,33 @@ def test_it_records_how_long_each_event_took_from_arrival_to_commit() -> None:
     assert sum(histogram.values()) == 41 == metrics(client)["totalEvents"]
     assert histogram["5000"] == 1  # the event that waited 4 s before reaching the worker
     assert sum(count for bucket, count in histogram.items() if bucket not in {"5000", "+inf"}) == 40
+
+
+def test_it_waits_for_a_missing_table_instead_of_setting_events_aside() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 10))
+    table = Like._meta.db_table
+    retries: list[float] = []
+
+    def rename(old: str, new: str) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [old])
+            if cursor.fetchone()[0]:
+                cursor.execute(f"ALTER TABLE {old} RENAME TO {new}")
+
+    def migrate_meanwhile(seconds: float) -> None:
+        retries.append(seconds)
+        if len(retries) == 4:
+            rename(f"{table}_not_migrated", table)
+
+    rename(table, f"{table}_not_migrated")  # as before `migrate` created it
+    try:
+        worker = Worker(consumer="early", batch_size=100, claim_idle_ms=60_000, max_attempts=3, block_ms=50,
+                        sleep=migrate_meanwhile)
+        worker.run(drain=True)
+    finally:
+        rename(f"{table}_not_migrated", table)
+    assert len(retries) >= 4
+    assert client.xlen(redis_store.dead_letters_stream()) == 0
+    assert Like.objects.count() == 10
+    assert metrics(client).get("errors", 0) == 0 and metrics(client)["totalEvents"] == 10

@@ -428,7 +428,8 @@ class Worker:
             except Exception as exc:
                 if not _database_down(exc):
                     return _describe(exc)
-                logger.warning("PostgreSQL unreachable (%s); retrying in %.1f s", _describe(exc), backoff)
+                logger.warning("PostgreSQL unreachable or not migrated (%s); retrying in %.1f s",
+                               _describe(exc), backoff)
                 _close_connection()
                 self._heartbeat()
                 if self.stop:
@@ -582,8 +583,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
 
 
+# The schema is behind the code (run_worker started before `migrate`): no event is at fault.
+SCHEMA_NOT_MIGRATED = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn)
+
+
 def _database_down(exc: BaseException) -> bool:
-    """Connection loss (as opposed to an error caused by the batch's data)."""
+    """Connection loss or a schema not migrated yet (as opposed to an error caused by the batch's data):
+    waiting is right, setting the events aside as dead letters is not."""
+    if isinstance(exc, SCHEMA_NOT_MIGRATED) or isinstance(exc.__cause__, SCHEMA_NOT_MIGRATED):
+        return True
     if isinstance(exc, InterfaceError | psycopg.InterfaceError):
         return True
     if isinstance(exc, DjangoOperationalError | psycopg.OperationalError):
