@@ -101,23 +101,26 @@ class Broadcaster:
 
     async def tick(self) -> bool:
         """Builds and sends one snapshot if this instance holds the lease; says whether it did."""
-        text = await database_sync_to_async(self._build, thread_sensitive=False, executor=self._executor)()
-        if text is None:
+        built = await database_sync_to_async(self._build, thread_sensitive=False, executor=self._executor)()
+        if built is None:
             return False
+        text, last_update = built
         channel_layer = get_channel_layer()
         assert channel_layer is not None, "CHANNEL_LAYERS is not configured"
-        await channel_layer.group_send(GROUP, {"type": MESSAGE_TYPE, "text": text})
+        await channel_layer.group_send(GROUP, {"type": MESSAGE_TYPE, "text": text, "lastUpdate": last_update})
         self.broadcasts += 1
         return True
 
-    def _build(self) -> str | None:
+    def _build(self) -> tuple[str, str] | None:
+        """The snapshot's JSON and its lastUpdate, or None when another instance holds the lease."""
         client = redis_store.connect()
         held = client.eval(_HOLD_LEASE, 1, redis_store.dashboard_broadcaster_lease(), self.instance_id, self.lease_ms)
         if not held:
             return None
-        text = selectors.snapshot_json(selectors.build_snapshot())
+        snapshot = selectors.build_snapshot()
+        text = selectors.snapshot_json(snapshot)
         client.set(redis_store.dashboard_snapshot(), text, ex=SNAPSHOT_TTL_SECONDS)
-        return text
+        return text, snapshot["lastUpdate"]
 
     def _release_lease(self) -> None:
         redis_store.connect().eval(_RELEASE_LEASE, 1, redis_store.dashboard_broadcaster_lease(), self.instance_id)

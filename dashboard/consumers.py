@@ -1,5 +1,6 @@
 """The dashboard websocket: whole snapshots from the broadcaster, forwarded as they are."""
 
+import json
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -17,7 +18,9 @@ class MetricsConsumer(AsyncJsonWebsocketConsumer):
         broadcaster.subscribe()
         self.subscribed = True
         # The page should not wait for the next tick to show something.
-        await self.send(text_data=await database_sync_to_async(selectors.latest_snapshot_json)())
+        text = await database_sync_to_async(selectors.latest_snapshot_json)()
+        self.last_update: str = json.loads(text)["lastUpdate"]
+        await self.send(text_data=text)
 
     async def disconnect(self, code: int) -> None:
         if getattr(self, "subscribed", False):
@@ -28,4 +31,8 @@ class MetricsConsumer(AsyncJsonWebsocketConsumer):
         """Read-only: whatever a client sends is ignored (and never parsed)."""
 
     async def metrics_snapshot(self, event: dict[str, Any]) -> None:
+        # A broadcast built before the snapshot sent on connect can arrive after it: never go back in time.
+        if event["lastUpdate"] <= self.last_update:
+            return
+        self.last_update = event["lastUpdate"]
         await self.send(text_data=event["text"])
