@@ -25,6 +25,7 @@ OP_ACTIONS = ("create", "update", "delete")
 
 DAG_CBOR_CODEC = 0x71
 SHA2_256 = 0x12
+SHA2_256_PREFIX = bytes((SHA2_256, 32))  # a sha2-256 multihash's head; alone, a CIDv0's
 
 
 class FrameError(ValueError):
@@ -118,17 +119,82 @@ def commit_ops(body: dict[str, Any]) -> list[RecordOp]:
     blocks = body.get("blocks")
     if not isinstance(blocks, bytes):
         raise FrameError("commit blocks must be bytes")
-    try:
-        _, block_map = libipld.decode_car(blocks) if blocks else ({}, {})
-    except (ValueError, RecursionError, OverflowError) as exc:
-        raise FrameError(f"commit blocks are not a valid CAR file: {exc}") from None
+    block_spans = car_block_spans(blocks) if blocks else {}
     ops = body.get("ops")
     if not isinstance(ops, list):
         raise FrameError("commit ops must be a list")
-    return [_record_op(op, block_map) for op in ops]
+    return [_record_op(op, blocks, block_spans) for op in ops]
 
 
-def _record_op(op: Any, block_map: dict[bytes, Any]) -> RecordOp:
+def car_block_spans(car: bytes) -> dict[bytes, tuple[int, int]]:
+    """Where each block of a CAR v1 file lies: binary CID -> (start, end) of the block's bytes.
+
+    Only the blocks that ops point to are decoded afterwards: a commit's CAR also carries the commit
+    object and the MST nodes on the path to each record, which the indexer does not read, and decoding
+    them all was the largest single cost of a worker's parsing."""
+    try:
+        header_length, position = _read_varint(car, 0)
+        header_end = position + header_length
+        if header_length == 0 or header_end > len(car):
+            raise FrameError("its header length is out of bounds")
+        header = libipld.decode_dag_cbor(car[position:header_end])
+        if not isinstance(header, dict) or header.get("version") != 1:
+            raise FrameError("its header is not a CAR v1 header")
+        spans: dict[bytes, tuple[int, int]] = {}
+        position = header_end
+        size = len(car)
+        while position < size:
+            length = car[position]
+            if length < 0x80:  # most blocks are under 128 bytes
+                start = position + 1
+            else:
+                length, start = _read_varint(car, position)
+            end = start + length
+            if end > size or length < 4:
+                raise FrameError("a block is too short or runs past the end of the file")
+            data_start = _cid_end(car, start, end)
+            spans[car[start:data_start]] = (data_start, end)
+            position = end
+        return spans
+    except ValueError as exc:  # a FrameError of the checks above, or libipld's own
+        raise FrameError(f"commit blocks are not a valid CAR file: {exc}") from None
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """An unsigned LEB128 varint at ``position``: its value and the position after it."""
+    value = shift = 0
+    while shift < 63:
+        if position >= len(data):
+            raise FrameError("a varint is cut off")
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise FrameError("a varint is longer than 9 bytes")
+
+
+def _cid_end(data: bytes, start: int, end: int) -> int:
+    """The position after the binary CID that opens the block ``data[start:end]``."""
+    if data[start] == 1 and data[start + 1] < 0x80 and data[start + 2:start + 4] == SHA2_256_PREFIX:
+        cid_end = start + 36  # CIDv1 with a one-byte codec and a sha2-256 digest: every block of the network
+    elif data[start:start + 2] == SHA2_256_PREFIX:
+        cid_end = start + 34
+    else:
+        version, position = _read_varint(data, start)
+        if version != 1:
+            raise FrameError(f"a block's CID has version {version}")
+        _, position = _read_varint(data, position)  # codec
+        _, position = _read_varint(data, position)  # multihash function
+        digest_length, position = _read_varint(data, position)
+        cid_end = position + digest_length
+    if cid_end > end:
+        raise FrameError("a block's CID runs past the block")
+    return cid_end
+
+
+def _record_op(op: Any, blocks: bytes, block_spans: dict[bytes, tuple[int, int]]) -> RecordOp:
     if not isinstance(op, dict):
         raise FrameError("commit op must be a map")
     action = op.get("action")
@@ -147,13 +213,16 @@ def _record_op(op: Any, block_map: dict[bytes, Any]) -> RecordOp:
     cid = op.get("cid")
     if not isinstance(cid, bytes):
         raise FrameError(f"commit op {action} of {path} has no CID link")
-    record = block_map.get(cid)
-    if not isinstance(record, dict):
+    span = block_spans.get(cid)
+    if span is None:
         raise FrameError(f"commit op {action} of {path}: its record block is missing from the CAR")
     try:
+        record = libipld.decode_dag_cbor(blocks[span[0]:span[1]])
         cid_text = libipld.encode_cid(cid)
-    except ValueError as exc:
-        raise FrameError(f"commit op {action} of {path} has an invalid CID: {exc}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:
+        raise FrameError(f"commit op {action} of {path}: its record block or CID is not valid: {exc}") from None
+    if not isinstance(record, dict):
+        raise FrameError(f"commit op {action} of {path}: its record is not a map")
     return RecordOp(action=action, collection=collection, rkey=rkey, cid=cid_text, record=record)
 
 
