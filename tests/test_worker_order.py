@@ -11,6 +11,7 @@ from appview import redis_store
 from appview.models import Like
 from firehose.simulation import SyntheticFirehose
 from tests.worker_helpers import (
+    assert_aggregates_match_rows,
     diff,
     drain,
     metrics,
@@ -68,6 +69,7 @@ def test_it_gives_the_same_index_when_three_workers_take_shuffled_events() -> No
     # All three took part.
     assert all(" 0 events" not in log.splitlines()[-1] for log in logs), logs
     assert diff(reference, current()) == []
+    assert_aggregates_match_rows()
     assert metrics(redis_store.connect()) == counted
 
 
@@ -79,6 +81,7 @@ def test_it_changes_nothing_when_every_event_is_delivered_twice() -> None:
     push(client, events, explicit_ids=False)  # a replay: the same events again, as new entries
     drain("twice", batch_size=150)
     assert diff(reference, current()) == []
+    assert_aggregates_match_rows()
     assert metrics(client) == {name: value * 2 for name, value in counted.items()}
 
 

@@ -169,3 +169,23 @@ def wait_for(condition: Any, *, timeout: float, interval: float = 0.05) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def assert_aggregates_match_rows() -> None:
+    """Every stored count equals the count of the rows it summarises."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT p.uri FROM appview_post p WHERE"
+            " p.like_count <> (SELECT count(*) FROM appview_like l WHERE l.subject_uri = p.uri)"
+            " OR p.repost_count <> (SELECT count(*) FROM appview_repost r WHERE r.subject_uri = p.uri)"
+            " OR p.reply_count <> (SELECT count(*) FROM appview_post c WHERE c.reply_parent_uri = p.uri)"
+            " OR p.quote_count <> (SELECT count(*) FROM appview_post q WHERE q.quote_uri = p.uri)"
+        )
+        assert cursor.fetchall() == []
+        cursor.execute(
+            "SELECT a.did FROM appview_actor a WHERE"
+            " a.followers_count <> (SELECT count(*) FROM appview_follow f WHERE f.subject_did = a.did)"
+            " OR a.follows_count <> (SELECT count(*) FROM appview_follow f WHERE f.did = a.did)"
+            " OR a.posts_count <> (SELECT count(*) FROM appview_post p WHERE p.did = a.did)"
+        )
+        assert cursor.fetchall() == []

@@ -5,17 +5,22 @@ only when its seq is above the row's, the URI's tombstone and the author's ``pur
 removes older rows and keeps the highest delete seq as a tombstone. Several ops on one URI in one batch
 are folded in Python first: the highest seq wins.
 
+Aggregates move by the rows each statement really inserted, changed or deleted (its RETURNING): +1 for
+the keys a new row counts under, -1 for those of a removed row, both for a row whose keys changed. A
+redelivered or older write changes no row, so it moves no count. A post inserted by the batch is counted
+from the rows instead (likes of it may have come first).
+
 Concurrency between workers (READ COMMITTED): every write about a repo happens while holding the lock
-on that repo's actor row, and every aggregate is recounted while holding the lock on the actor row that
-owns it (a post's counts: its author; an actor's counts: the actor). All those actor rows are locked in
+on that repo's actor row, and every aggregate changes while holding the lock on the actor row that owns
+it (a post's counts: its author; an actor's counts: the actor), so a post and a like of it indexed by
+two workers at once are serialised: the second sees the first's rows. All those actor rows are locked in
 one statement, in DID order, after they have been inserted if missing, so two batches never deadlock on
-them; each count then runs in a later statement, so the last transaction to count a value sees every
-row committed before it. The rare keys only known after a write (the old subject of an updated or
-deleted like, say) are locked in a second round: a deadlock there is retried by the worker.
+them. The rare keys only known after a write (the old subject of an updated like, say) are locked in a
+second round: a deadlock there is retried by the worker.
 """
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,21 +49,18 @@ POST_COUNTS = {
     "reply_count": (POST_COLLECTION, "reply_parent_uri"),
     "quote_count": (POST_COLLECTION, "quote_uri"),
 }
-# Actor counts: (count column, table counted, column of that table naming the actor).
-ACTOR_COUNTS = {
-    "followers_count": ("app.bsky.graph.follow", "subject_did"),
-    "follows_count": ("app.bsky.graph.follow", "did"),
-    "posts_count": (POST_COLLECTION, "did"),
+ACTOR_COUNTS = ("followers_count", "follows_count", "posts_count")
+# For each counted collection, its columns holding a key of an aggregate: (column, count, True when the key
+# is a post URI, False when it is an actor DID). A row counts once under each of its keys.
+COUNTED_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "app.bsky.feed.like": (("subject_uri", "like_count", True),),
+    "app.bsky.feed.repost": (("subject_uri", "repost_count", True),),
+    POST_COLLECTION: (("reply_parent_uri", "reply_count", True), ("quote_uri", "quote_count", True),
+                      ("did", "posts_count", False)),
+    "app.bsky.graph.follow": (("subject_did", "followers_count", False), ("did", "follows_count", False)),
 }
-# For each collection, the columns whose old and new values are keys of a count to redo.
-POST_KEY_COLUMNS = {
-    "app.bsky.feed.like": (("subject_uri", "like_count"),),
-    "app.bsky.feed.repost": (("subject_uri", "repost_count"),),
-    POST_COLLECTION: (("reply_parent_uri", "reply_count"), ("quote_uri", "quote_count")),
-}
-ACTOR_KEY_COLUMNS = {"app.bsky.graph.follow": (("subject_did", "followers_count"),)}
-# Counts about the repo itself whenever it writes (or loses) a record of the collection.
-REPO_COUNTS = {"app.bsky.graph.follow": "follows_count", POST_COLLECTION: "posts_count"}
+_POST_COUNT_INDEX = {name: index for index, name in enumerate(POST_COUNTS)}
+_ACTOR_COUNT_INDEX = {name: index for index, name in enumerate(ACTOR_COUNTS)}
 
 # A list parameter arrives as one comma-separated string (see _run).
 TEXTS = "string_to_array(%s, ',')"
@@ -111,37 +113,41 @@ class Folded:
 
 
 @dataclass(slots=True)
-class Recount:
-    """The aggregates to recompute, and the actor rows whose locks cover them."""
+class Aggregates:
+    """What a batch changes in the aggregates, and the actor rows whose locks cover those changes."""
 
-    posts: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in POST_COUNTS})
-    actors: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in ACTOR_COUNTS})
+    posts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * len(POST_COUNTS)))
+    actors: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0] * len(ACTOR_COUNTS)))
+    new_posts: set[str] = field(default_factory=set)  # inserted by the batch: counted from the rows
     profiles: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # the actor rows to lock
 
-    def add_post_key(self, count: str, uri: str | None) -> None:
-        author = post_author(uri)
-        if author is not None:
-            self.posts[count].add(uri)  # type: ignore[arg-type]
-            self.owners.add(author)
+    def own(self, collection: str, values: dict[str, Any]) -> None:
+        """Notes the owners of the aggregates a row of ``collection`` with these values counts under."""
+        for column, _, is_post in COUNTED_COLUMNS.get(collection, ()):
+            key = values.get(column)
+            owner = post_author(key) if is_post else key
+            if owner:
+                self.owners.add(owner)
 
-    def add_actor_key(self, count: str, did: str) -> None:
-        self.actors[count].add(did)
-        self.owners.add(did)
+    def count(self, collection: str, values: dict[str, Any], sign: int) -> None:
+        """Counts a row of ``collection`` in (+1) or out (-1) of every aggregate it counts under."""
+        for column, count, is_post in COUNTED_COLUMNS.get(collection, ()):
+            key = values.get(column)
+            if not key:
+                continue
+            if is_post:
+                author = post_author(key)
+                if author is not None:
+                    self.posts[key][_POST_COUNT_INDEX[count]] += sign
+                    self.owners.add(author)
+            else:
+                self.actors[key][_ACTOR_COUNT_INDEX[count]] += sign
+                self.owners.add(key)
 
     def add_profile(self, did: str) -> None:
         self.profiles.add(did)
         self.owners.add(did)
-
-    def add_from_columns(self, collection: str, values: dict[str, Any]) -> None:
-        for column, count in POST_KEY_COLUMNS.get(collection, ()):
-            self.add_post_key(count, values.get(column))
-        for column, count in ACTOR_KEY_COLUMNS.get(collection, ()):
-            if values.get(column):
-                self.add_actor_key(count, values[column])
-
-    def lock_dids(self) -> set[str]:
-        return set(self.owners)
 
 
 @dataclass(slots=True)
@@ -156,58 +162,55 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     """Applies one folded batch; the caller holds the transaction. ``known_actors``: DIDs whose actor row
     is known to exist (actor rows are never deleted), which need no insert attempt."""
     result = BatchResult()
-    recount = Recount()
+    aggregates = Aggregates()
     upserts: dict[TableSpec | None, list[RecordWrite]] = defaultdict(list)
     deletes: dict[TableSpec | None, list[RecordWrite]] = defaultdict(list)
     repo_dids: set[str] = set()
     for write in folded.writes.values():
         (deletes if write.is_delete else upserts)[write.spec].append(write)
         repo_dids.add(write.did)
-        collection = write.collection
-        if collection in REPO_COUNTS:
-            recount.add_actor_key(REPO_COUNTS[collection], write.did)
-        if collection == PROFILE_COLLECTION and write.rkey == "self":
-            recount.add_profile(write.did)
-        if not write.is_delete:
-            if write.spec is not None and (collection in POST_KEY_COLUMNS or collection in ACTOR_KEY_COLUMNS):
-                recount.add_from_columns(collection, _named(write.spec, write.values))
-            if collection == POST_COLLECTION:
-                for count in POST_COUNTS:
-                    recount.add_post_key(count, write.uri)
+        if write.collection == PROFILE_COLLECTION and write.rkey == "self":
+            aggregates.add_profile(write.did)
+        if not write.is_delete and write.spec is not None and write.collection in COUNTED_COLUMNS:
+            aggregates.own(write.collection, {"did": write.did, **_named(write.spec, write.values)})
     # Old values, read before locking so that their owners join the one ordered lock statement; a
     # value that changes before the lock is caught after the writes (second round).
-    _read_old_values(cur, deletes, folded.purges, recount)
-    purged_dids = set(folded.purges)
-    for did in purged_dids:
-        for count in ACTOR_COUNTS:
-            recount.add_actor_key(count, did)
-        recount.add_profile(did)
+    _read_old_owners(cur, deletes, folded.purges, aggregates)
+    for did in folded.purges:
+        aggregates.add_profile(did)
     actor_event_dids = set(folded.handles) | set(folded.accounts) | set(folded.syncs)
-    lock = repo_dids | actor_event_dids | recount.lock_dids()
+    lock = repo_dids | actor_event_dids | aggregates.owners
     result.actors = folded.dids | lock
     result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, result.actors - known_actors)
     purged_seq = _lock_actors(cur, lock)
 
-    _apply_actor_events(cur, folded, purged_seq, recount, result)
+    _apply_actor_events(cur, folded, purged_seq, aggregates, result)
 
     live = {uri: w for uri, w in folded.writes.items() if w.seq > purged_seq.get(w.did, 0)}
     tombstones = _tombstones(cur, [uri for uri, w in live.items() if not w.is_delete])
-    for spec, writes in deletes.items():
-        kept = [w for w in writes if w.uri in live]
-        if kept:
-            _delete(cur, spec, kept, recount, result)
-    _save_tombstones(cur, [w for writes in deletes.values() for w in writes if w.uri in live])
-    for spec, writes in upserts.items():
-        kept = [w for w in writes if w.uri in live and w.seq > tombstones.get(w.uri, 0)]
-        if kept:
-            _upsert(cur, spec, kept, recount, result)
+    # The deletes and upserts touch distinct URIs, so they go out together in one pipeline: PostgreSQL
+    # runs each statement while the next is being prepared here, and the results are read at the end.
+    connection = cur.connection
+    with connection.pipeline():
+        sent: list[Callable[[Aggregates, BatchResult], None]] = []
+        for spec, writes in deletes.items():
+            kept = [w for w in writes if w.uri in live]
+            if kept:
+                sent.append(_delete(Cursor(connection), spec, kept))
+        _save_tombstones(cur, [w for writes in deletes.values() for w in writes if w.uri in live])
+        for spec, writes in upserts.items():
+            kept = [w for w in writes if w.uri in live and w.seq > tombstones.get(w.uri, 0)]
+            if kept:
+                sent.append(_upsert(Cursor(connection), spec, kept))
+        for take_results in sent:
+            take_results(aggregates, result)
 
-    late = recount.lock_dids() - lock
+    late = aggregates.owners - lock
     if late:
         result.actors |= late
         result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, late)
         _lock_actors(cur, late)
-    _recount(cur, recount)
+    _save_aggregates(cur, aggregates)
     _save_deltas(cur, result.deltas)
     return result
 
@@ -229,29 +232,30 @@ def _named(spec: TableSpec, values: Sequence[Any] | None) -> dict[str, Any]:
     return {name: value for (name, _), value in zip(spec.columns, values or (), strict=True)}
 
 
-def _read_old_values(cur: Cursor[Any], deletes: dict[TableSpec | None, list[RecordWrite]],
-                     purges: dict[str, int], recount: Recount) -> None:
+def _read_old_owners(cur: Cursor[Any], deletes: dict[TableSpec | None, list[RecordWrite]],
+                     purges: dict[str, int], aggregates: Aggregates) -> None:
+    """The owners of the aggregates that the rows about to be deleted (or purged) count under."""
     for spec, writes in deletes.items():
-        if spec is None or spec.collection not in POST_KEY_COLUMNS | ACTOR_KEY_COLUMNS:
+        if spec is None or spec.collection not in COUNTED_COLUMNS:
             continue
-        columns = _key_columns(spec.collection)
+        columns = _counted_columns(spec.collection)
         _run(cur, f"SELECT {', '.join(columns)} FROM {spec.table} WHERE uri = ANY({TEXTS})",
                     [[w.uri for w in writes]])
         for row in cur.fetchall():
-            recount.add_from_columns(spec.collection, dict(zip(columns, row, strict=True)))
+            aggregates.own(spec.collection, dict(zip(columns, row, strict=True)))
     if not purges:
         return
-    for collection in POST_KEY_COLUMNS | ACTOR_KEY_COLUMNS:
+    for collection in COUNTED_COLUMNS:
         spec = TABLE_BY_COLLECTION[collection]
-        columns = _key_columns(collection)
+        columns = _counted_columns(collection)
         _run(cur, f"SELECT DISTINCT {', '.join(columns)} FROM {spec.table} WHERE did = ANY({TEXTS})",
                     [list(purges)])
         for row in cur.fetchall():
-            recount.add_from_columns(collection, dict(zip(columns, row, strict=True)))
+            aggregates.own(collection, dict(zip(columns, row, strict=True)))
 
 
-def _key_columns(collection: str) -> list[str]:
-    return [column for column, _ in POST_KEY_COLUMNS.get(collection, ()) + ACTOR_KEY_COLUMNS.get(collection, ())]
+def _counted_columns(collection: str) -> list[str]:
+    return [column for column, _, _ in COUNTED_COLUMNS.get(collection, ())]
 
 
 def _ensure_actors(cur: Cursor[Any], dids: set[str]) -> int:
@@ -278,7 +282,7 @@ def _lock_actors(cur: Cursor[Any], dids: set[str]) -> dict[str, int]:
     return {did: seq for did, seq in cur.fetchall() if seq}
 
 
-def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, int], recount: Recount,
+def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, int], aggregates: Aggregates,
                         result: BatchResult) -> None:
     if folded.handles:
         rows = _columns(folded.handles, lambda did, v: (did, v[1], v[0]))
@@ -306,7 +310,7 @@ def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, 
         )
     purges = {did: seq for did, seq in folded.purges.items() if seq > purged_seq.get(did, 0)}
     if purges:
-        _purge(cur, purges, recount, result)
+        _purge(cur, purges, aggregates, result)
         purged_seq.update(purges)
 
 
@@ -316,7 +320,7 @@ def _columns(values: dict[str, Any], row: Any) -> list[list[Any]]:
     return [list(column) for column in zip(*rows, strict=True)]
 
 
-def _purge(cur: Cursor[Any], purges: dict[str, int], recount: Recount, result: BatchResult) -> None:
+def _purge(cur: Cursor[Any], purges: dict[str, int], aggregates: Aggregates, result: BatchResult) -> None:
     """Account deleted: every record of the repo written before the deletion goes, from every table."""
     dids = sorted(purges)
     seqs = [purges[did] for did in dids]
@@ -326,7 +330,7 @@ def _purge(cur: Cursor[Any], purges: dict[str, int], recount: Recount, result: B
         [dids, seqs],
     )
     for spec in TABLE_BY_COLLECTION.values():
-        columns = _key_columns(spec.collection)
+        columns = _counted_columns(spec.collection)
         returned = ", ".join(f"t.{column}" for column in columns) or "1"
         _run(cur,
             f"DELETE FROM {spec.table} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
@@ -337,7 +341,7 @@ def _purge(cur: Cursor[Any], purges: dict[str, int], recount: Recount, result: B
         result.deltas[spec.collection] -= len(rows)
         result.written += len(rows)
         for row in rows if columns else ():
-            recount.add_from_columns(spec.collection, dict(zip(columns, row, strict=True)))
+            aggregates.count(spec.collection, dict(zip(columns, row, strict=True)), -1)
     _run(cur,
         f"DELETE FROM {GENERIC} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
         " WHERE t.did = v.did AND t.seq < v.seq RETURNING t.collection",
@@ -373,26 +377,31 @@ def _save_tombstones(cur: Cursor[Any], writes: list[RecordWrite]) -> None:
     )
 
 
-def _delete(cur: Cursor[Any], spec: TableSpec | None, writes: list[RecordWrite], recount: Recount,
-            result: BatchResult) -> None:
+def _delete(cur: Cursor[Any], spec: TableSpec | None,
+            writes: list[RecordWrite]) -> Callable[[Aggregates, BatchResult], None]:
+    """Sends the delete of older rows; returns what takes its results in."""
     table = GENERIC if spec is None else spec.table
-    columns = ["collection"] if spec is None else _key_columns(spec.collection)
+    columns = ["collection"] if spec is None else _counted_columns(spec.collection)
     returned = ", ".join(f"t.{column}" for column in columns) or "1"
     _run(cur,
         f"DELETE FROM {table} t USING unnest({TEXTS}, {BIGINTS}) AS v(uri, seq)"
         f" WHERE t.uri = v.uri AND t.seq < v.seq RETURNING {returned}",
         [[w.uri for w in writes], [w.seq for w in writes]],
     )
-    rows = cur.fetchall()
-    result.written += len(rows)
-    if spec is None:
-        for (collection,) in rows:
-            result.deltas[collection] -= 1
-        return
-    result.deltas[spec.collection] -= len(rows)
-    if columns:
-        for row in rows:
-            recount.add_from_columns(spec.collection, dict(zip(columns, row, strict=True)))
+
+    def take_results(aggregates: Aggregates, result: BatchResult) -> None:
+        rows = cur.fetchall()
+        result.written += len(rows)
+        if spec is None:
+            for (collection,) in rows:
+                result.deltas[collection] -= 1
+            return
+        result.deltas[spec.collection] -= len(rows)
+        if columns:
+            for row in rows:
+                aggregates.count(spec.collection, dict(zip(columns, row, strict=True)), -1)
+
+    return take_results
 
 
 _COMMON = (("uri", "text"), ("did", "text"), ("rkey", "text"), ("cid", "text"), ("rev", "text"),
@@ -401,10 +410,12 @@ _UPSERT_SQL: dict[str, str] = {}
 
 
 def _upsert_sql(spec: TableSpec | None) -> str:
-    """INSERT ... ON CONFLICT for one table, returning the count of new rows and, for tables that feed
-    aggregates, the old values of the rows it replaced (read with the statement's snapshot, which does
-    not see the statement's own writes). The rows arrive as one JSON array of objects: orjson writes it
-    in C and json_to_recordset reads it in C, where arrays would be dumped value by value in Python."""
+    """INSERT ... ON CONFLICT for one table. The generic table returns the count of new rows per
+    collection; a record table returns the count of new rows and of rows written, and, when its rows
+    count in aggregates, one row per row written: whether it is new, its counted values, and for a
+    replaced row the values it had (read with the statement's snapshot, which does not see the
+    statement's own writes). The rows arrive as one JSON array of objects: orjson writes it in C and
+    json_to_recordset reads it in C, where arrays would be dumped value by value in Python."""
     key = "" if spec is None else spec.collection
     if key in _UPSERT_SQL:
         return _UPSERT_SQL[key]
@@ -416,18 +427,20 @@ def _upsert_sql(spec: TableSpec | None) -> str:
         fixed_names = ", " + ", ".join(POST_COUNTS)
         fixed_values = ", 0" * len(POST_COUNTS)
     updated = ", ".join(f"{name} = excluded.{name}" for name in names if name not in ("uri", "did", "rkey"))
-    old_columns = [] if spec is None else _key_columns(spec.collection)
-    old = "".join(
-        f", CASE WHEN t.xmax = 0 THEN NULL ELSE (SELECT o.{c} FROM {table} o WHERE o.uri = t.uri) END AS old_{c}"
-        for c in old_columns
-    )
+    counted = [] if spec is None else _counted_columns(spec.collection)
     if spec is None:
-        summary = "SELECT collection, count(*) FILTER (WHERE inserted) FROM w GROUP BY collection"
         returning = "t.collection, t.xmax = 0 AS inserted"
+        summary = "SELECT collection, count(*) FILTER (WHERE inserted) FROM w GROUP BY collection"
+    elif counted:
+        old = "".join(
+            f", CASE WHEN t.xmax = 0 THEN NULL ELSE (SELECT o.{c} FROM {table} o WHERE o.uri = t.uri) END"
+            for c in counted
+        )
+        returning = f"t.uri, t.xmax = 0 AS inserted, {', '.join(f't.{c}' for c in counted)}{old}"
+        summary = "SELECT * FROM w"
     else:
-        aggregated = "".join(f", array_agg(old_{c}) FILTER (WHERE old_{c} IS NOT NULL)" for c in old_columns)
-        summary = f"SELECT count(*) FILTER (WHERE inserted), count(*){aggregated} FROM w"
-        returning = f"t.xmax = 0 AS inserted{old}"
+        returning = "t.xmax = 0 AS inserted"
+        summary = "SELECT count(*) FILTER (WHERE inserted), count(*) FROM w"
     definition = ", ".join(f"{name} {kind}" for name, kind in columns)
     sql = (
         f"WITH w AS (INSERT INTO {table} AS t ({', '.join(names)}{fixed_names})"
@@ -439,8 +452,9 @@ def _upsert_sql(spec: TableSpec | None) -> str:
     return sql
 
 
-def _upsert(cur: Cursor[Any], spec: TableSpec | None, writes: list[RecordWrite], recount: Recount,
-            result: BatchResult) -> None:
+def _upsert(cur: Cursor[Any], spec: TableSpec | None,
+            writes: list[RecordWrite]) -> Callable[[Aggregates, BatchResult], None]:
+    """Sends the upsert of the writes; returns what takes its results in."""
     # URI order: the same order for every writer of these rows.
     writes.sort(key=lambda w: w.uri)
     extra = ["collection"] if spec is None else [name for name, _ in spec.columns]
@@ -454,25 +468,59 @@ def _upsert(cur: Cursor[Any], spec: TableSpec | None, writes: list[RecordWrite],
             row.update(zip(extra, w.values, strict=True))  # type: ignore[arg-type]
         rows.append(row)
     cur.execute(_upsert_sql(spec), [orjson.dumps(rows).decode()])
-    if spec is None:
-        for collection, inserted in cur.fetchall():
+
+    def take_results(aggregates: Aggregates, result: BatchResult) -> None:
+        if spec is None:
+            for collection, inserted in cur.fetchall():
+                result.deltas[collection] += inserted
+            result.written += len(writes)
+            return
+        collection = spec.collection
+        counted = _counted_columns(collection)
+        if not counted:
+            inserted, written = cur.fetchone()  # type: ignore[misc]
             result.deltas[collection] += inserted
-        result.written += len(writes)
-        return
-    summary = cur.fetchone()
-    assert summary is not None
-    inserted, changed, *old_values = summary
-    result.deltas[spec.collection] += inserted
-    result.written += changed
-    for column, values in zip(_key_columns(spec.collection), old_values, strict=True):
-        for value in values or ():
-            recount.add_from_columns(spec.collection, {column: value})
+            result.written += written
+            return
+        width = len(counted)
+        written_rows = cur.fetchall()
+        for uri, is_new, *values in written_rows:
+            aggregates.count(collection, dict(zip(counted, values[:width], strict=True)), +1)
+            if is_new:
+                result.deltas[collection] += 1
+                if collection == POST_COLLECTION:
+                    aggregates.new_posts.add(uri)
+            else:
+                aggregates.count(collection, dict(zip(counted, values[width:], strict=True)), -1)
+        result.written += len(written_rows)
+
+    return take_results
 
 
-def _recount(cur: Cursor[Any], recount: Recount) -> None:
-    _recount_table(cur, POST, "uri", POST_COUNTS, recount.posts)
-    _recount_table(cur, ACTOR, "did", ACTOR_COUNTS, recount.actors)
-    if recount.profiles:
+def _save_aggregates(cur: Cursor[Any], aggregates: Aggregates) -> None:
+    """Adds the batch's changes to the counts of existing posts and actors, counts the posts the batch
+    inserted from the rows, and copies changed profiles into their actor rows."""
+    posts = {uri: deltas for uri, deltas in aggregates.posts.items()
+             if any(deltas) and uri not in aggregates.new_posts}
+    _add_to_counts(cur, POST, "uri", list(POST_COUNTS), posts)
+    actors = {did: deltas for did, deltas in aggregates.actors.items() if any(deltas)}
+    _add_to_counts(cur, ACTOR, "did", list(ACTOR_COUNTS), actors)
+    if aggregates.new_posts:
+        # Most new posts have nothing to count yet: only those that do are written a second time.
+        computed = ", ".join(
+            f"(SELECT count(*) FROM {TABLE_BY_COLLECTION[collection].table} s WHERE s.{column} = k.uri) AS {count}"
+            for count, (collection, column) in POST_COUNTS.items()
+        )
+        names = list(POST_COUNTS)
+        nothing = ", ".join(["0"] * len(names))
+        _run(
+            cur,
+            f"UPDATE {POST} t SET {', '.join(f'{name} = c.{name}' for name in names)}"
+            f" FROM (SELECT k.uri, {computed} FROM unnest({TEXTS}) AS k(uri) OFFSET 0) c"
+            f" WHERE t.uri = c.uri AND ({', '.join(f'c.{name}' for name in names)}) <> ({nothing})",
+            [sorted(aggregates.new_posts)],
+        )
+    if aggregates.profiles:
         profile = TABLE_BY_COLLECTION[PROFILE_COLLECTION].table
         _run(
             cur,
@@ -481,39 +529,23 @@ def _recount(cur: Cursor[Any], recount: Recount) -> None:
             f" LEFT JOIN {profile} r ON r.uri = 'at://' || k.did || '/{PROFILE_COLLECTION}/self') p"
             " WHERE a.did = p.did"
             " AND (a.display_name IS DISTINCT FROM p.display_name OR a.description IS DISTINCT FROM p.description)",
-            [sorted(recount.profiles)],
+            [sorted(aggregates.profiles)],
         )
 
 
-def _recount_table(cur: Cursor[Any], table: str, key: str, counts: dict[str, tuple[str, str]],
-                   keys_by_count: dict[str, set[str]]) -> None:
-    """Recomputes, in one statement, each count of ``table`` for the keys listed under it.
-
-    Each key comes with a bit mask of its counts to redo; only rows that exist are counted (most liked
-    posts may not be indexed); the subquery is kept from being inlined (OFFSET 0) so that each count
-    runs once; only changed rows are rewritten, joined back by ctid, which cannot change meanwhile since
-    this transaction holds the locks of the rows' owners."""
-    masks: dict[str, int] = defaultdict(int)
-    for bit, count in enumerate(counts):
-        for value in keys_by_count[count]:
-            masks[value] |= 1 << bit
-    if not masks:
+def _add_to_counts(cur: Cursor[Any], table: str, key: str, counts: list[str], deltas: dict[str, list[int]]) -> None:
+    """Adds per-key deltas to the count columns of ``table`` (keys without a row are left alone: a like of a
+    post that is not indexed counts once the post arrives)."""
+    if not deltas:
         return
-    keys = sorted(masks)
-    computed = ", ".join(
-        f"CASE WHEN f.mask & {1 << bit} <> 0 THEN (SELECT count(*) FROM {TABLE_BY_COLLECTION[collection].table} s"
-        f" WHERE s.{column} = k.{key}) ELSE k.{count} END AS {count}, k.{count} AS old_{count}"
-        for bit, (count, (collection, column)) in enumerate(counts.items())
-    )
-    names = list(counts)
+    keys = sorted(deltas)
+    columns = [[deltas[k][index] for k in keys] for index in range(len(counts))]
     _run(
         cur,
-        f"UPDATE {table} t SET {', '.join(f'{name} = c.{name}' for name in names)}"
-        f" FROM (SELECT k.ctid AS tid, {computed} FROM unnest({TEXTS}, {BIGINTS}) AS f(key, mask)"
-        f" JOIN {table} k ON k.{key} = f.key WHERE k.{key} = ANY({TEXTS}) OFFSET 0) c"
-        f" WHERE t.ctid = c.tid AND ({', '.join(f'c.{n}' for n in names)})"
-        f" IS DISTINCT FROM ({', '.join(f'c.old_{n}' for n in names)})",
-        [keys, [masks[k] for k in keys], keys],
+        f"UPDATE {table} t SET {', '.join(f'{count} = t.{count} + v.{count}' for count in counts)}"
+        f" FROM unnest({TEXTS}, {', '.join([BIGINTS] * len(counts))}) AS v({key}, {', '.join(counts)})"
+        f" WHERE t.{key} = v.{key}",
+        [keys, *columns],
     )
 
 
