@@ -12,6 +12,9 @@ from appview.models import IndexCursor
 
 FIREHOSE_CURSOR = "firehose"
 KNOWN_ACTORS_MAX = 200_000
+# SQLSTATE class 40, "transaction rollback": a deadlock or a serialization failure, which running the
+# same transaction again resolves. psycopg 3 does not make DeadlockDetected a TransactionRollback.
+TRANSACTION_ROLLBACK_CLASS = "40"
 
 
 def _cursor() -> psycopg.Cursor[Any]:
@@ -33,6 +36,16 @@ def index_events(*, events: Sequence[Event], known_actors: set[str] | None = Non
             known_actors.clear()  # bounded memory; it fills again with the DIDs that keep coming
         known_actors |= result.actors
     return result
+
+
+def is_transaction_rollback(exc: BaseException) -> bool:
+    """Whether the batch failed only because PostgreSQL chose to roll it back (deadlock, serialization
+    failure): the same batch is to be applied again, its events are not at fault."""
+    for error in (exc, exc.__cause__):
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(TRANSACTION_ROLLBACK_CLASS):
+            return True
+    return False
 
 
 def advance_cursor(*, seq: int) -> int:

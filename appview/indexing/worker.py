@@ -419,13 +419,14 @@ class Worker:
             try:
                 services.index_events(events=events, known_actors=self._known_actors)
                 return None
-            except psycopg.errors.TransactionRollback as exc:
-                deadlocks += 1
-                if deadlocks > DEADLOCK_RETRIES:
-                    return _describe(exc)
-                logger.info("worker %s: %s; retrying the batch", self.consumer, type(exc).__name__)
-                self.sleep(random.uniform(0.01, 0.1) * deadlocks)
             except Exception as exc:
+                if services.is_transaction_rollback(exc):
+                    deadlocks += 1
+                    if deadlocks > DEADLOCK_RETRIES:
+                        return _describe(exc)
+                    logger.info("worker %s: %s; retrying the batch", self.consumer, _describe(exc))
+                    self.sleep(random.uniform(0.01, 0.1) * deadlocks)
+                    continue
                 if not _database_down(exc):
                     return _describe(exc)
                 logger.warning("PostgreSQL unreachable or not migrated (%s); retrying in %.1f s",
