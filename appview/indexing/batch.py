@@ -14,9 +14,11 @@ Concurrency between workers (READ COMMITTED): every write about a repo happens w
 on that repo's actor row, and every aggregate changes while holding the lock on the actor row that owns
 it (a post's counts: its author; an actor's counts: the actor), so a post and a like of it indexed by
 two workers at once are serialised: the second sees the first's rows. All those actor rows are locked in
-one statement, in DID order, after they have been inserted if missing, so two batches never deadlock on
-them. The rare keys only known after a write (the old subject of an updated like, say) are locked in a
-second round: a deadlock there is retried by the worker.
+one statement, in DID order, after they have been inserted if missing. Keys only known after the writes
+(the old subject of an updated like, a row that changed between the unlocked read of old values and the
+lock) are locked in a second round. Deadlocks remain possible (an actor row inserted by a batch that has
+not committed yet, the second round) and are rare: PostgreSQL rolls one batch back and the worker runs it
+again (``services.is_transaction_rollback``).
 """
 
 from collections import defaultdict
@@ -80,6 +82,9 @@ class Folded:
     """A batch reduced to its final effects: the last write per URI, the last change per actor."""
 
     writes: dict[str, RecordWrite] = field(default_factory=dict)
+    # The last delete of each URI, even when a later write of the URI wins: its tombstone is kept as
+    # it would be had the two come in separate batches.
+    deletes: dict[str, RecordWrite] = field(default_factory=dict)
     dids: set[str] = field(default_factory=set)
     handles: dict[str, tuple[int, str]] = field(default_factory=dict)
     accounts: dict[str, tuple[int, bool, str]] = field(default_factory=dict)
@@ -89,7 +94,7 @@ class Folded:
     @classmethod
     def of(cls, events: Iterable[Event]) -> "Folded":
         folded = cls()
-        writes = folded.writes
+        writes, deletes = folded.writes, folded.deletes
         for event in events:
             if not event.usable:
                 continue
@@ -98,6 +103,10 @@ class Folded:
                 current = writes.get(write.uri)
                 if current is None or (write.seq, write.order) > (current.seq, current.order):
                     writes[write.uri] = write
+                if write.is_delete:
+                    last = deletes.get(write.uri)
+                    if last is None or (write.seq, write.order) > (last.seq, last.order):
+                        deletes[write.uri] = write
             did, seq = event.did, event.seq
             if event.handle is not None and seq > folded.handles.get(did, (0, ""))[0]:
                 folded.handles[did] = (seq, event.handle)
@@ -197,7 +206,7 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
             kept = [w for w in writes if w.uri in live]
             if kept:
                 sent.append(_delete(Cursor(connection), spec, kept))
-        _save_tombstones(cur, [w for writes in deletes.values() for w in writes if w.uri in live])
+        _save_tombstones(cur, [w for w in folded.deletes.values() if w.seq > purged_seq.get(w.did, 0)])
         for spec, writes in upserts.items():
             kept = [w for w in writes if w.uri in live and w.seq > tombstones.get(w.uri, 0)]
             if kept:
