@@ -30,6 +30,7 @@ from appview.models import (
     RecordTombstone,
     Repost,
 )
+from appview.selectors import estimated_rows
 
 EXACT_COUNT_LIMIT = 100_000
 
@@ -42,14 +43,9 @@ class EstimatedCountPaginator(Paginator):
     def count(self) -> int:
         query = self.object_list.query
         if not query.where:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [self.object_list.model._meta.db_table],
-                )
-                row = cursor.fetchone()
-            if row and row[0] > EXACT_COUNT_LIMIT:
-                return int(row[0])
+            estimate = estimated_rows(self.object_list.model._meta.db_table)
+            if estimate > EXACT_COUNT_LIMIT:
+                return estimate
         return self.object_list[: EXACT_COUNT_LIMIT + 1].count()
 
 

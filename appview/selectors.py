@@ -1,6 +1,7 @@
 """Reads about the index: exact record counts per collection, actors by status, the durable cursor
 and the cluster:metrics counters (SPEC section 4, ``index_stats``; the dashboard reads them too)."""
 
+from django.db import connection
 from django.db.models import Count, Sum
 
 from appview import redis_store
@@ -37,6 +38,14 @@ def actor_counts() -> dict[str, int]:
             counts[status] = by_status.pop(status, 0)
     counts.update(sorted(by_status.items()))
     return counts
+
+
+def estimated_rows(table: str) -> int:
+    """PostgreSQL's estimate of a table's row count (from its statistics: instant, roughly right)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [table])
+        row = cursor.fetchone()
+    return max(int(row[0]), 0) if row else 0
 
 
 def cursor_seq() -> int | None:

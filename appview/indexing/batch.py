@@ -51,7 +51,12 @@ POST_COUNTS = {
     "reply_count": (POST_COLLECTION, "reply_parent_uri"),
     "quote_count": (POST_COLLECTION, "quote_uri"),
 }
-ACTOR_COUNTS = ("followers_count", "follows_count", "posts_count")
+# Actor counts: (count column, table counted, column of that table naming the actor).
+ACTOR_COUNTS = {
+    "followers_count": ("app.bsky.graph.follow", "subject_did"),
+    "follows_count": ("app.bsky.graph.follow", "did"),
+    "posts_count": (POST_COLLECTION, "did"),
+}
 # For each counted collection, its columns holding a key of an aggregate: (column, count, True when the key
 # is a post URI, False when it is an actor DID). A row counts once under each of its keys.
 COUNTED_COLUMNS: dict[str, tuple[tuple[str, str, bool], ...]] = {
@@ -515,20 +520,7 @@ def _save_aggregates(cur: Cursor[Any], aggregates: Aggregates) -> None:
     actors = {did: deltas for did, deltas in aggregates.actors.items() if any(deltas)}
     _add_to_counts(cur, ACTOR, "did", list(ACTOR_COUNTS), actors)
     if aggregates.new_posts:
-        # Most new posts have nothing to count yet: only those that do are written a second time.
-        computed = ", ".join(
-            f"(SELECT count(*) FROM {TABLE_BY_COLLECTION[collection].table} s WHERE s.{column} = k.uri) AS {count}"
-            for count, (collection, column) in POST_COUNTS.items()
-        )
-        names = list(POST_COUNTS)
-        nothing = ", ".join(["0"] * len(names))
-        _run(
-            cur,
-            f"UPDATE {POST} t SET {', '.join(f'{name} = c.{name}' for name in names)}"
-            f" FROM (SELECT k.uri, {computed} FROM unnest({TEXTS}) AS k(uri) OFFSET 0) c"
-            f" WHERE t.uri = c.uri AND ({', '.join(f'c.{name}' for name in names)}) <> ({nothing})",
-            [sorted(aggregates.new_posts)],
-        )
+        count_from_rows(cur, POST, sorted(aggregates.new_posts))
     if aggregates.profiles:
         profile = TABLE_BY_COLLECTION[PROFILE_COLLECTION].table
         _run(
@@ -540,6 +532,33 @@ def _save_aggregates(cur: Cursor[Any], aggregates: Aggregates) -> None:
             " AND (a.display_name IS DISTINCT FROM p.display_name OR a.description IS DISTINCT FROM p.description)",
             [sorted(aggregates.profiles)],
         )
+
+
+def count_from_rows(cur: Cursor[Any], table: str, keys: list[str]) -> int:
+    """Sets the counts of these posts (``table`` POST, keys URIs) or actors (ACTOR, keys DIDs) to the
+    number of rows each summarises; writes only the rows whose counts change, and returns how many. The
+    caller holds the locks of the owners (actor rows) of these counts."""
+    key, counts = ("uri", POST_COUNTS) if table == POST else ("did", ACTOR_COUNTS)
+    computed = ", ".join(
+        f"(SELECT count(*) FROM {TABLE_BY_COLLECTION[collection].table} s WHERE s.{column} = k.{key}) AS {count}"
+        for count, (collection, column) in counts.items()
+    )
+    names = list(counts)
+    counted, stored = (", ".join(f"{alias}.{name}" for name in names) for alias in "ct")
+    _run(
+        cur,
+        f"UPDATE {table} t SET {', '.join(f'{name} = c.{name}' for name in names)}"
+        f" FROM (SELECT k.{key}, {computed} FROM unnest({TEXTS}) AS k({key}) OFFSET 0) c"
+        f" WHERE t.{key} = c.{key} AND ({counted}) IS DISTINCT FROM ({stored})",
+        [keys],
+    )
+    return cur.rowcount
+
+
+def lock_owners(cur: Cursor[Any], *, post_uris: Iterable[str] = (), dids: Iterable[str] = ()) -> None:
+    """Takes the locks that cover the counts of these posts and actors, as a batch does."""
+    owners = set(dids) | {author for uri in post_uris if (author := post_author(uri)) is not None}
+    _lock_actors(cur, owners)
 
 
 def _add_to_counts(cur: Cursor[Any], table: str, key: str, counts: list[str], deltas: dict[str, list[int]]) -> None:

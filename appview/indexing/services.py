@@ -6,7 +6,7 @@ from typing import Any
 import psycopg
 from django.db import connection, transaction
 
-from appview.indexing.batch import LEDGER, BatchResult, Folded, apply_folded
+from appview.indexing.batch import ACTOR, LEDGER, POST, BatchResult, Folded, apply_folded, count_from_rows, lock_owners
 from appview.indexing.events import Event
 from appview.models import IndexCursor
 
@@ -70,3 +70,24 @@ def compact_row_counts() -> None:
             f" INSERT INTO {LEDGER} (key, delta) SELECT key, sum(delta) FROM gone GROUP BY key"
             " HAVING sum(delta) <> 0"
         )
+
+
+COUNTED_TABLES = {"posts": (POST, "uri"), "actors": (ACTOR, "did")}
+
+
+def recount_chunk(*, kind: str, after: str, limit: int) -> tuple[int, int, str | None]:
+    """Sets the counts of the next ``limit`` posts or actors (``kind``) whose key is above ``after`` to what
+    their rows say, under the same locks as a batch (so workers may keep running). Returns how many it
+    read, how many it corrected, and the last key (None when there was nothing left)."""
+    table, key = COUNTED_TABLES[kind]
+    with transaction.atomic(), _cursor() as cur:
+        cur.execute(f"SELECT {key} FROM {table} WHERE {key} > %s ORDER BY {key} LIMIT %s", [after, limit])
+        keys = [row[0] for row in cur.fetchall()]
+        if not keys:
+            return 0, 0, None
+        if kind == "posts":
+            lock_owners(cur, post_uris=keys)
+        else:
+            lock_owners(cur, dids=keys)
+        corrected = count_from_rows(cur, table, keys)
+    return len(keys), corrected, keys[-1]
