@@ -307,8 +307,8 @@ def main() -> None:
         section = (
             "## Worker\n\n"
             f"`{command}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; PostgreSQL, Redis and the worker"
-            f" share the machine (load average {LOAD[0]:.1f} before the run, {LOAD[1]:.1f} after it: other jobs"
-            " ran meanwhile).\n\n" + "\n".join(lines) + "\n\n"
+            f" share the machine (load average {LOAD[0]:.1f} before the run, {LOAD[1]:.1f} after it).\n\n"
+            + "\n".join(lines) + "\n\n"
             "The worker's rate is measured from its first acknowledged batch to its last (cluster:metrics"
             f" sampled every 10 ms); from process start to exit, the {args.events:,} events took {elapsed:.1f} s"
             f" ({args.events / elapsed:,.0f} events/s, Django start-up included). CPU used meanwhile: the worker"
@@ -317,29 +317,28 @@ def main() -> None:
             f" ({postgres_us:.0f} µs per event). The CPU-bound estimate is the rate these CPU costs allow when"
             " the worker and its backend each have a core, as they would on a machine not shared with other"
             " jobs.\n\n"
-            + ANALYSIS
+            + ANALYSIS + "\n"
         )
         write_section(args.write, section)
 
 
 ANALYSIS = """\
-Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy and per-statement
-timings; the CPU figures above are the ones to compare, the machine's other jobs skew the wall clock):
+Why the worker is below 15,000 events/s and half the COPY rate (profiled with cProfile, py-spy and
+auto_explain; the CPU figures above are the ones to compare, other jobs on the machine skew the wall clock):
 
-- Worker CPU (per event above, 90-140 µs from run to run on this shared machine): decoding (the frame,
-  its CAR, of which libipld's decode_car alone is about 20 µs, syntax checks, typed columns, the record's
-  JSON) is 50-60 µs; the rest is reading from Redis, folding the batch, shipping it (one JSON document
-  per table, comma-separated key lists) and acknowledging. With the GIL, one process cannot go past
-  about 10,000 events/s even with PostgreSQL on another core; the reader thread decodes the next batch
-  while this one waits on PostgreSQL, so the two costs overlap instead of adding up.
-- PostgreSQL CPU, about 100 µs per event, against about 20 µs for a raw COPY of the resulting rows. The
-  indexer does what COPY skips, and that is what makes it exact and order independent: per event it locks
-  about 1.5 actor rows (the repo, and the owner of each count it changes) so that concurrent workers
-  serialise per repo and per count, checks the tombstone of each written URI, upserts with
-  ON CONFLICT ... WHERE the seq is newer (about twice the cost of an insert), keeps the row-count ledger,
-  and recounts every changed aggregate from the rows (the likes of each liked post, the followers of each
-  followed actor): the recount is about a third of the statement time, and grows with the popularity of
-  what it counts.
+- Worker CPU, about 125 µs per event in a single-threaded loop and 145-150 µs in run_worker (its reader
+  thread and the main thread contend for the GIL): parsing is 55-75 µs (DAG-CBOR of the frame, the CAR's
+  block index and the record blocks, syntax checks, typed columns, the record's JSON), building and
+  sending the batch's SQL and taking its results in 30-40 µs, reading entries from Redis 7-12 µs,
+  acknowledging 7 µs. With the GIL, one process cannot pass about 7,000-8,000 events/s even with
+  PostgreSQL on another core.
+- PostgreSQL CPU, about 100 µs per event, against about 20-25 µs for a raw COPY of the resulting rows:
+  statements run about 70 µs per event (auto_explain), the rest is the protocol, planning and commit. The
+  like upsert alone is 25 µs per event (about 40 µs per like: JSON rows parsed by json_to_recordset, the
+  ON CONFLICT protocol, four indexes), the count updates of liked posts 11 µs, the post upsert 10 µs.
+  COPY skips what makes the index exact and order independent: the newer-seq check of every upsert, the
+  tombstone and purge checks, the actor-row locks that serialise concurrent workers per repo and per
+  aggregate owner, and the aggregates.
 
 What scales: workers are independent consumers of the group, so several workers (on several machines)
 add up until PostgreSQL is the limit. Larger batches do not change the CPU per event (`--batch-size 3000`
