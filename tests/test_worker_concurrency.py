@@ -13,7 +13,7 @@ from django.db import connection, connections
 from appview import redis_store
 from appview.indexing import batch, services
 from appview.indexing.events import Event, parse_entry
-from appview.models import Like, Post, RecordTombstone
+from appview.models import Actor, Like, Post, RecordTombstone
 from tests.worker_helpers import (
     DID,
     assert_aggregates_match_rows,
@@ -189,3 +189,17 @@ def test_it_runs_a_batch_again_when_postgresql_rolls_it_back() -> None:
     assert client.xlen(redis_store.dead_letters_stream()) == 0
     assert metrics(client) == {"totalEvents": 1, "#commit": 1}
     assert (worker.stats.processed, worker.stats.errors, worker.stats.dead) == (1, 0, 0)
+
+
+def test_it_recreates_actor_rows_its_cache_wrongly_trusts() -> None:
+    follow = {"$type": "app.bsky.graph.follow", "subject": DIDS[1], "createdAt": WHEN}
+    known: set[str] = set()
+    services.index_events(events=parsed([(1, commit_frame(1, [("create", "app.bsky.graph.follow/3lmxjza3h2i21",
+                                                                follow)]))]), known_actors=known)
+    assert {DID, DIDS[1]} <= known
+    truncate_index()  # a database emptied (or restored) under a running worker
+    services.index_events(events=parsed([(2, commit_frame(2, [("create", "app.bsky.graph.follow/3lmxjza3h2i22",
+                                                                follow)]))]), known_actors=known)
+    assert Actor.objects.get(did=DIDS[1]).followers_count == 1
+    assert Actor.objects.get(did=DID).follows_count == 1
+    assert_aggregates_match_rows()

@@ -169,6 +169,7 @@ class BatchResult:
     written: int = 0  # rows inserted, updated or deleted
     actors: set[str] = field(default_factory=set)  # DIDs whose actor row exists once this commits
     deltas: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stale_known_actors: bool = False  # an actor row the caller knew of was missing
 
 
 def apply_folded(cur: Cursor[Any], folded: Folded, *,
@@ -196,7 +197,13 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     lock = repo_dids | actor_event_dids | aggregates.owners
     result.actors = folded.dids | lock
     result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, result.actors - known_actors)
-    purged_seq = _lock_actors(cur, lock)
+    purged_seq, missing = _lock_actors(cur, lock)
+    if missing:
+        # Rows the caller's cache said exist do not (the database was restored or emptied under a running
+        # worker): without them counts would be skipped. The cache is to be dropped.
+        result.stale_known_actors = True
+        result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, folded.dids | lock)
+        purged_seq.update(_lock_actors(cur, missing)[0])
 
     _apply_actor_events(cur, folded, purged_seq, aggregates, result)
 
@@ -223,7 +230,7 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     if late:
         result.actors |= late
         result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, late)
-        _lock_actors(cur, late)
+        _lock_actors(cur, late)  # just inserted if missing: all exist
     _save_aggregates(cur, aggregates)
     _save_deltas(cur, result.deltas)
     return result
@@ -285,15 +292,17 @@ def _ensure_actors(cur: Cursor[Any], dids: set[str]) -> int:
     return cur.fetchone()[0]  # type: ignore[index]
 
 
-def _lock_actors(cur: Cursor[Any], dids: set[str]) -> dict[str, int]:
-    """Locks the actor rows in DID order; returns the purged_seq of those that have one."""
+def _lock_actors(cur: Cursor[Any], dids: set[str]) -> tuple[dict[str, int], set[str]]:
+    """Locks the actor rows in DID order; returns the purged_seq of those that have one, and the DIDs
+    that have no row."""
     if not dids:
-        return {}
+        return {}, set()
     _run(cur,
         f"SELECT did, purged_seq FROM {ACTOR} WHERE did = ANY({TEXTS}) ORDER BY did FOR NO KEY UPDATE",
         [list(dids)],
     )
-    return {did: seq for did, seq in cur.fetchall() if seq}
+    rows = cur.fetchall()
+    return {did: seq for did, seq in rows if seq}, dids - {did for did, _ in rows}
 
 
 def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, int], aggregates: Aggregates,

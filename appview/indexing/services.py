@@ -32,8 +32,8 @@ def index_events(*, events: Sequence[Event], known_actors: set[str] | None = Non
     with transaction.atomic(), _cursor() as cur:
         result = apply_folded(cur, folded, known_actors=known_actors or frozenset())
     if known_actors is not None:
-        if len(known_actors) + len(result.actors) > KNOWN_ACTORS_MAX:
-            known_actors.clear()  # bounded memory; it fills again with the DIDs that keep coming
+        if result.stale_known_actors or len(known_actors) + len(result.actors) > KNOWN_ACTORS_MAX:
+            known_actors.clear()  # bounded memory (or wrong): it fills again with the DIDs that keep coming
         known_actors |= result.actors
     return result
 
