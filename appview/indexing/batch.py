@@ -205,14 +205,15 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
         result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, folded.dids | lock)
         purged_seq.update(_lock_actors(cur, missing)[0])
 
-    _apply_actor_events(cur, folded, purged_seq, aggregates, result)
+    _purge_deleted_accounts(cur, folded, purged_seq, aggregates, result)
 
     live = {uri: w for uri, w in folded.writes.items() if w.seq > purged_seq.get(w.did, 0)}
     tombstones = _tombstones(cur, [uri for uri, w in live.items() if not w.is_delete])
-    # The deletes and upserts touch distinct URIs, so they go out together in one pipeline: PostgreSQL
-    # runs each statement while the next is being prepared here, and the results are read at the end.
+    # The actor updates, deletes and upserts touch distinct rows, so they go out together in one pipeline:
+    # PostgreSQL runs each statement while the next is being prepared here; results are read at the end.
     connection = cur.connection
     with connection.pipeline():
+        _update_actors(cur, folded)
         sent: list[Callable[[Aggregates, BatchResult], None]] = []
         for spec, writes in deletes.items():
             kept = [w for w in writes if w.uri in live]
@@ -231,8 +232,9 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
         result.actors |= late
         result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, late)
         _lock_actors(cur, late)  # just inserted if missing: all exist
-    _save_aggregates(cur, aggregates)
-    _save_deltas(cur, result.deltas)
+    with connection.pipeline():  # nothing is read back from here on
+        _save_aggregates(cur, aggregates)
+        _save_deltas(cur, result.deltas)
     return result
 
 
@@ -305,8 +307,16 @@ def _lock_actors(cur: Cursor[Any], dids: set[str]) -> tuple[dict[str, int], set[
     return {did: seq for did, seq in rows if seq}, dids - {did for did, _ in rows}
 
 
-def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, int], aggregates: Aggregates,
-                        result: BatchResult) -> None:
+def _purge_deleted_accounts(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, int], aggregates: Aggregates,
+                            result: BatchResult) -> None:
+    purges = {did: seq for did, seq in folded.purges.items() if seq > purged_seq.get(did, 0)}
+    if purges:
+        _purge(cur, purges, aggregates, result)
+        purged_seq.update(purges)
+
+
+def _update_actors(cur: Cursor[Any], folded: Folded) -> None:
+    """Handles, account statuses and sync revs, each only over an older value."""
     if folded.handles:
         rows = _columns(folded.handles, lambda did, v: (did, v[1], v[0]))
         _run(cur,
@@ -331,10 +341,6 @@ def _apply_actor_events(cur: Cursor[Any], folded: Folded, purged_seq: dict[str, 
             " WHERE a.did = v.did AND v.seq > a.rev_seq",
             rows,
         )
-    purges = {did: seq for did, seq in folded.purges.items() if seq > purged_seq.get(did, 0)}
-    if purges:
-        _purge(cur, purges, aggregates, result)
-        purged_seq.update(purges)
 
 
 def _columns(values: dict[str, Any], row: Any) -> list[list[Any]]:
