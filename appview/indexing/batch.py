@@ -196,8 +196,14 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     actor_event_dids = set(folded.handles) | set(folded.accounts) | set(folded.syncs)
     lock = repo_dids | actor_event_dids | aggregates.owners
     result.actors = folded.dids | lock
-    result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, result.actors - known_actors)
-    purged_seq, missing = _lock_actors(cur, lock)
+    unknown = result.actors - known_actors
+    with cur.connection.pipeline():  # the insert, then the lock, in one round trip
+        inserter = Cursor(cur.connection)
+        if unknown:
+            _send_ensure_actors(inserter, unknown)
+        purged_seq, missing = _lock_actors(cur, lock)
+        if unknown:
+            result.deltas[ACTOR_COUNT_KEY] += inserter.fetchone()[0]  # type: ignore[index]
     if missing:
         # Rows the caller's cache said exist do not (the database was restored or emptied under a running
         # worker): without them counts would be skipped. The cache is to be dropped.
@@ -257,24 +263,28 @@ def _named(spec: TableSpec, values: Sequence[Any] | None) -> dict[str, Any]:
 
 def _read_old_owners(cur: Cursor[Any], deletes: dict[TableSpec | None, list[RecordWrite]],
                      purges: dict[str, int], aggregates: Aggregates) -> None:
-    """The owners of the aggregates that the rows about to be deleted (or purged) count under."""
-    for spec, writes in deletes.items():
-        if spec is None or spec.collection not in COUNTED_COLUMNS:
-            continue
-        columns = _counted_columns(spec.collection)
-        _run(cur, f"SELECT {', '.join(columns)} FROM {spec.table} WHERE uri = ANY({TEXTS})",
-                    [[w.uri for w in writes]])
-        for row in cur.fetchall():
-            aggregates.own(spec.collection, dict(zip(columns, row, strict=True)))
-    if not purges:
-        return
-    for collection in COUNTED_COLUMNS:
-        spec = TABLE_BY_COLLECTION[collection]
-        columns = _counted_columns(collection)
-        _run(cur, f"SELECT DISTINCT {', '.join(columns)} FROM {spec.table} WHERE did = ANY({TEXTS})",
-                    [list(purges)])
-        for row in cur.fetchall():
-            aggregates.own(collection, dict(zip(columns, row, strict=True)))
+    """The owners of the aggregates that the rows about to be deleted (or purged) count under (the reads
+    go out in one pipeline)."""
+    connection = cur.connection
+    with connection.pipeline():
+        sent: list[tuple[str, list[str], Cursor[Any]]] = []
+        for spec, writes in deletes.items():
+            if spec is None or spec.collection not in COUNTED_COLUMNS:
+                continue
+            columns = _counted_columns(spec.collection)
+            reader = Cursor(connection)
+            _run(reader, f"SELECT {', '.join(columns)} FROM {spec.table} WHERE uri = ANY({TEXTS})",
+                 [[w.uri for w in writes]])
+            sent.append((spec.collection, columns, reader))
+        for collection in COUNTED_COLUMNS if purges else ():
+            columns = _counted_columns(collection)
+            reader = Cursor(connection)
+            _run(reader, f"SELECT DISTINCT {', '.join(columns)} FROM {TABLE_BY_COLLECTION[collection].table}"
+                 f" WHERE did = ANY({TEXTS})", [list(purges)])
+            sent.append((collection, columns, reader))
+        for collection, columns, reader in sent:
+            for row in reader.fetchall():
+                aggregates.own(collection, dict(zip(columns, row, strict=True)))
 
 
 def _counted_columns(collection: str) -> list[str]:
@@ -285,13 +295,17 @@ def _ensure_actors(cur: Cursor[Any], dids: set[str]) -> int:
     """Inserts the missing actor rows (in DID order, like every lock); returns how many."""
     if not dids:
         return 0
+    _send_ensure_actors(cur, dids)
+    return cur.fetchone()[0]  # type: ignore[index]
+
+
+def _send_ensure_actors(cur: Cursor[Any], dids: set[str]) -> None:
     _run(cur,
         f"WITH ins AS (INSERT INTO {ACTOR} (did, {ACTOR_DEFAULTS})"
         f" SELECT d, {ACTOR_DEFAULT_VALUES} FROM unnest({TEXTS}) AS d ORDER BY d"
         " ON CONFLICT (did) DO NOTHING RETURNING 1) SELECT count(*) FROM ins",
         [sorted(dids)],
     )
-    return cur.fetchone()[0]  # type: ignore[index]
 
 
 def _lock_actors(cur: Cursor[Any], dids: set[str]) -> tuple[dict[str, int], set[str]]:
