@@ -326,7 +326,7 @@ ANALYSIS = """\
 Why the worker is below 15,000 events/s and half the COPY rate (profiled with cProfile, py-spy and
 auto_explain; the CPU figures above are the ones to compare, other jobs on the machine skew the wall clock):
 
-- Worker CPU, about 125 µs per event in a single-threaded loop and 145-150 µs in run_worker (its reader
+- Worker CPU, about 125 µs per event in a single-threaded loop and 145-160 µs in run_worker (its reader
   thread and the main thread contend for the GIL): parsing is 55-75 µs (DAG-CBOR of the frame, the CAR's
   block index and the record blocks, syntax checks, typed columns, the record's JSON), building and
   sending the batch's SQL and taking its results in 30-40 µs, reading entries from Redis 7-12 µs,
