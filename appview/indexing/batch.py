@@ -22,7 +22,7 @@ again (``services.is_transaction_rollback``).
 """
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,13 +105,9 @@ class Folded:
                 continue
             folded.dids.update(event.dids)
             for write in event.writes:
-                current = writes.get(write.uri)
-                if current is None or (write.seq, write.order) > (current.seq, current.order):
-                    writes[write.uri] = write
+                _keep_latest(writes, write)
                 if write.is_delete:
-                    last = deletes.get(write.uri)
-                    if last is None or (write.seq, write.order) > (last.seq, last.order):
-                        deletes[write.uri] = write
+                    _keep_latest(deletes, write)
             did, seq = event.did, event.seq
             if event.handle is not None and seq > folded.handles.get(did, (0, ""))[0]:
                 folded.handles[did] = (seq, event.handle)
@@ -126,6 +122,13 @@ class Folded:
         return folded
 
 
+def _keep_latest(by_uri: dict[str, RecordWrite], write: RecordWrite) -> None:
+    """Keeps ``write`` unless the mapping holds a later op on its URI (higher seq, or later in one commit)."""
+    current = by_uri.get(write.uri)
+    if current is None or (write.seq, write.order) > (current.seq, current.order):
+        by_uri[write.uri] = write
+
+
 @dataclass(slots=True)
 class Aggregates:
     """What a batch changes in the aggregates, and the actor rows whose locks cover those changes."""
@@ -138,30 +141,31 @@ class Aggregates:
 
     def own(self, collection: str, values: dict[str, Any]) -> None:
         """Notes the owners of the aggregates a row of ``collection`` with these values counts under."""
-        for column, _, is_post in COUNTED_COLUMNS.get(collection, ()):
-            key = values.get(column)
-            owner = post_author(key) if is_post else key
-            if owner:
-                self.owners.add(owner)
+        for _, _, _, owner in _counted_keys(collection, values):
+            self.owners.add(owner)
 
     def count(self, collection: str, values: dict[str, Any], sign: int) -> None:
         """Counts a row of ``collection`` in (+1) or out (-1) of every aggregate it counts under."""
-        for column, count, is_post in COUNTED_COLUMNS.get(collection, ()):
-            key = values.get(column)
-            if not key:
-                continue
+        for key, count, is_post, owner in _counted_keys(collection, values):
             if is_post:
-                author = post_author(key)
-                if author is not None:
-                    self.posts[key][_POST_COUNT_INDEX[count]] += sign
-                    self.owners.add(author)
+                self.posts[key][_POST_COUNT_INDEX[count]] += sign
             else:
                 self.actors[key][_ACTOR_COUNT_INDEX[count]] += sign
-                self.owners.add(key)
+            self.owners.add(owner)
 
     def add_profile(self, did: str) -> None:
         self.profiles.add(did)
         self.owners.add(did)
+
+
+def _counted_keys(collection: str, values: dict[str, Any]) -> Iterator[tuple[str, str, bool, str]]:
+    """The aggregates a row counts under: (key, count column, whether the key is a post URI, the DID of
+    the actor row whose lock covers it). A post URI that names a handle, not a DID, counts nowhere."""
+    for column, count, is_post in COUNTED_COLUMNS.get(collection, ()):
+        key = values.get(column)
+        owner = post_author(key) if is_post else key
+        if key and owner:
+            yield key, count, is_post, owner
 
 
 @dataclass(slots=True)
@@ -197,8 +201,9 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     lock = repo_dids | actor_event_dids | aggregates.owners
     result.actors = folded.dids | lock
     unknown = result.actors - known_actors
-    with cur.connection.pipeline():  # the insert, then the lock, in one round trip
-        inserter = Cursor(cur.connection)
+    connection = cur.connection
+    with connection.pipeline():  # the insert, then the lock, in one round trip
+        inserter = Cursor(connection)
         if unknown:
             _send_ensure_actors(inserter, unknown)
         purged_seq, missing = _lock_actors(cur, lock)
@@ -208,7 +213,7 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
         # Rows the caller's cache said exist do not (the database was restored or emptied under a running
         # worker): without them counts would be skipped. The cache is to be dropped.
         result.stale_known_actors = True
-        result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, folded.dids | lock)
+        result.deltas[ACTOR_COUNT_KEY] += _ensure_actors(cur, result.actors)
         purged_seq.update(_lock_actors(cur, missing)[0])
 
     _purge_deleted_accounts(cur, folded, purged_seq, aggregates, result)
@@ -217,7 +222,6 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
     tombstones = _tombstones(cur, [uri for uri, w in live.items() if not w.is_delete])
     # The actor updates, deletes and upserts touch distinct rows, so they go out together in one pipeline:
     # PostgreSQL runs each statement while the next is being prepared here; results are read at the end.
-    connection = cur.connection
     with connection.pipeline():
         _update_actors(cur, folded)
         sent: list[Callable[[Aggregates, BatchResult], None]] = []
@@ -584,9 +588,10 @@ def count_from_rows(cur: Cursor[Any], table: str, keys: list[str]) -> int:
     return cur.rowcount
 
 
-def lock_owners(cur: Cursor[Any], *, post_uris: Iterable[str] = (), dids: Iterable[str] = ()) -> None:
-    """Takes the locks that cover the counts of these posts and actors, as a batch does."""
-    owners = set(dids) | {author for uri in post_uris if (author := post_author(uri)) is not None}
+def lock_owners(cur: Cursor[Any], table: str, keys: list[str]) -> None:
+    """Takes the locks that cover the counts of these posts (``table`` POST, keys URIs) or actors (ACTOR,
+    keys DIDs), as a batch does."""
+    owners = {author for uri in keys if (author := post_author(uri)) is not None} if table == POST else set(keys)
     _lock_actors(cur, owners)
 
 

@@ -85,9 +85,6 @@ def recount_chunk(*, kind: str, after: str, limit: int) -> tuple[int, int, str |
         keys = [row[0] for row in cur.fetchall()]
         if not keys:
             return 0, 0, None
-        if kind == "posts":
-            lock_owners(cur, post_uris=keys)
-        else:
-            lock_owners(cur, dids=keys)
+        lock_owners(cur, table, keys)
         corrected = count_from_rows(cur, table, keys)
     return len(keys), corrected, keys[-1]
