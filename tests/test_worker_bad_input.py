@@ -21,9 +21,11 @@ from appview.models import (
 )
 from firehose import syntax
 from tests.worker_helpers import (
+    CID,
     DID,
     OTHER,
     SYNTAX,
+    WHEN,
     commit_frame,
     drain,
     event_frame,
@@ -34,9 +36,7 @@ from tests.worker_helpers import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-WHEN = "2025-04-16T21:30:26.611Z"
 POST = f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27"
-CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"
 
 
 def invalid(name: str) -> list[str]:

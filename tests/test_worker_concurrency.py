@@ -15,7 +15,9 @@ from appview.indexing import batch, services
 from appview.indexing.events import Event, parse_entry
 from appview.models import Actor, Like, Post, RecordTombstone
 from tests.worker_helpers import (
+    CID,
     DID,
+    WHEN,
     assert_aggregates_match_rows,
     commit_frame,
     diff,
@@ -29,8 +31,6 @@ from tests.worker_helpers import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"
-WHEN = "2025-04-16T21:30:26.611Z"
 # Few repos and few record keys, so that concurrent batches keep touching the same rows and counts.
 DIDS = [f"did:plc:{letter * 24}" for letter in "abcdef"]
 RKEYS = [f"3lmxjza3h2i2{character}" for character in "23456"]

@@ -13,7 +13,9 @@ from appview.indexing import services
 from appview.indexing.worker import Worker
 from appview.models import IndexCursor, Like
 from tests.worker_helpers import (
+    CID,
     OTHER,
+    WHEN,
     commit_frame,
     drain,
     make_worker,
@@ -28,13 +30,13 @@ from tests.worker_helpers import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SUBJECT = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27",
-           "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}
+           "cid": CID}
 
 
 def likes(first: int, last: int) -> list[tuple[int, bytes]]:
     return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.like/3lmxjza3h{seq:04d}",
                                       {"$type": "app.bsky.feed.like", "subject": SUBJECT,
-                                       "createdAt": "2025-04-16T21:30:26.611Z"})]))
+                                       "createdAt": WHEN})]))
             for seq in range(first, last + 1)]
 
 

@@ -18,9 +18,11 @@ from appview.models import (
 )
 from firehose.scenarios import load_scenario
 from tests.worker_helpers import (
+    CID,
     DID,
     OTHER,
     SCENARIOS,
+    WHEN,
     assert_aggregates_match_rows,
     commit_frame,
     drain,
@@ -89,7 +91,7 @@ def test_it_marks_and_purges_a_deleted_account() -> None:
     # A record written before the account is deleted must go with it.
     push(redis_store.connect(), [(100, commit_frame(100, [("create", "app.bsky.feed.post/3lmxjza3h2i27",
                                                                 {"$type": "app.bsky.feed.post", "text": "bye",
-                                                                 "createdAt": "2025-04-16T21:30:26.611Z"})],
+                                                                 "createdAt": WHEN})],
                                                     did=did))])
     replay("account_lifecycle.json")
     actor = Actor.objects.get(did=did)
@@ -159,26 +161,25 @@ def test_it_indexes_the_real_commits() -> None:
 
 def test_it_counts_likes_reposts_replies_and_quotes_exactly() -> None:
     post = f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27"
-    ref = {"uri": post, "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}
-    when = "2025-04-16T21:30:26.611Z"
+    ref = {"uri": post, "cid": CID}
     frames = [
         # A like that arrives before the post it likes.
         (10, commit_frame(10, [("create", "app.bsky.feed.like/3lmxjza3h2i22",
-                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": when})])),
+                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": WHEN})])),
         (11, commit_frame(11, [("create", "app.bsky.feed.post/3lmxjza3h2i27",
-                                {"$type": "app.bsky.feed.post", "text": "hello", "createdAt": when})], did=OTHER)),
+                                {"$type": "app.bsky.feed.post", "text": "hello", "createdAt": WHEN})], did=OTHER)),
         (12, commit_frame(12, [("create", "app.bsky.feed.repost/3lmxjza3h2i23",
-                                {"$type": "app.bsky.feed.repost", "subject": ref, "createdAt": when}),
+                                {"$type": "app.bsky.feed.repost", "subject": ref, "createdAt": WHEN}),
                                ("create", "app.bsky.feed.post/3lmxjza3h2i24",
-                                {"$type": "app.bsky.feed.post", "text": "reply", "createdAt": when,
+                                {"$type": "app.bsky.feed.post", "text": "reply", "createdAt": WHEN,
                                  "reply": {"root": ref, "parent": ref}}),
                                ("create", "app.bsky.feed.post/3lmxjza3h2i25",
-                                {"$type": "app.bsky.feed.post", "text": "quote", "createdAt": when,
+                                {"$type": "app.bsky.feed.post", "text": "quote", "createdAt": WHEN,
                                  "embed": {"$type": "app.bsky.embed.record", "record": ref}}),
                                ("create", "app.bsky.graph.follow/3lmxjza3h2i26",
-                                {"$type": "app.bsky.graph.follow", "subject": OTHER, "createdAt": when})])),
+                                {"$type": "app.bsky.graph.follow", "subject": OTHER, "createdAt": WHEN})])),
         (13, commit_frame(13, [("create", "app.bsky.feed.like/3lmxjza3h2i28",
-                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": when})], did=OTHER)),
+                                {"$type": "app.bsky.feed.like", "subject": ref, "createdAt": WHEN})], did=OTHER)),
     ]
     push(redis_store.connect(), frames)
     drain()
@@ -202,22 +203,20 @@ def test_it_counts_likes_reposts_replies_and_quotes_exactly() -> None:
 
 
 def test_it_moves_counts_when_an_update_changes_what_a_record_points_at() -> None:
-    when = "2025-04-16T21:30:26.611Z"
-    cid = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"
-    first = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i31", "cid": cid}
-    second = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i32", "cid": cid}
+    first = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i31", "cid": CID}
+    second = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i32", "cid": CID}
     third_party = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 
     def like(seq: int, action: str, subject: dict[str, str]) -> tuple[int, bytes]:
         return (seq, commit_frame(seq, [(action, "app.bsky.feed.like/3lmxjza3h2i33",
-                                         {"$type": "app.bsky.feed.like", "subject": subject, "createdAt": when})]))
+                                         {"$type": "app.bsky.feed.like", "subject": subject, "createdAt": WHEN})]))
 
     def follow(seq: int, action: str, subject: str) -> tuple[int, bytes]:
         return (seq, commit_frame(seq, [(action, "app.bsky.graph.follow/3lmxjza3h2i34",
-                                         {"$type": "app.bsky.graph.follow", "subject": subject, "createdAt": when})]))
+                                         {"$type": "app.bsky.graph.follow", "subject": subject, "createdAt": WHEN})]))
 
     posts = [(seq, commit_frame(seq, [("create", f"app.bsky.feed.post/{rkey}",
-                                       {"$type": "app.bsky.feed.post", "text": rkey, "createdAt": when})], did=OTHER))
+                                       {"$type": "app.bsky.feed.post", "text": rkey, "createdAt": WHEN})], did=OTHER))
              for seq, rkey in ((10, "3lmxjza3h2i31"), (11, "3lmxjza3h2i32"))]
     push(redis_store.connect(), [*posts, like(12, "create", first), follow(13, "create", OTHER)])
     drain()

@@ -28,6 +28,8 @@ TIME_COLUMNS = {"indexed_at", "first_seen_at", "updated_at", "deleted_at"}
 DID = "did:plc:44ybard66vv44zksje25o7dz"
 OTHER = "did:plc:yk4dd2qkboz2yv6tpubpc6co"
 TID = "3lmxjza3h2i27"
+WHEN = "2025-04-16T21:30:26.611Z"  # a valid createdAt / event time
+CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"  # a valid record CID
 
 
 def push(client: redis.Redis, frames: Iterable[tuple[int, bytes]], *, explicit_ids: bool = True) -> int:
@@ -73,12 +75,12 @@ def commit_frame(seq: int, ops: list[tuple[str, str, dict[str, Any] | None]], *,
     root = wire.cid_for_block(commit_block)
     body = {"seq": seq, "rebase": False, "tooBig": False, "repo": did, "commit": root, "rev": rev, "since": None,
             "blocks": wire.encode_car([root], [commit_block, *blocks]), "ops": op_list, "blobs": [],
-            "time": "2025-04-16T21:30:26.611Z"}
+            "time": WHEN}
     return wire.encode_frame({"op": 1, "t": "#commit"}, body)
 
 
 def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> bytes:
-    body = {"seq": seq, "did": did, "time": "2025-04-16T21:30:26.611Z", **fields}
+    body = {"seq": seq, "did": did, "time": WHEN, **fields}
     if event_type == "#sync":
         commit_block = libipld.encode_dag_cbor({"did": did, "version": 3, "rev": fields.get("rev")})
         body["blocks"] = wire.encode_car([wire.cid_for_block(commit_block)], [commit_block])
