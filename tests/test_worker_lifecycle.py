@@ -1,7 +1,6 @@
 """The worker's life: durable cursor, heartbeat, drain, SIGTERM, and PostgreSQL or Redis unreachable."""
 
 import json
-import signal
 import socket
 import time
 
@@ -24,6 +23,7 @@ from tests.worker_helpers import (
     start_worker,
     stop,
     subprocess_env,
+    terminate,
     wait_for,
 )
 
@@ -98,9 +98,7 @@ def test_it_finishes_its_batch_and_exits_on_sigterm() -> None:
     worker = start_worker("terminated", "--batch-size", "100")
     try:
         wait_for(lambda: metrics(client).get("totalEvents", 0) >= 100, timeout=120)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+        log = terminate(worker)
     finally:
         stop(worker)
     assert "worker terminated stopped" in log
@@ -123,9 +121,7 @@ def test_it_acknowledges_nothing_while_postgresql_is_unreachable() -> None:
         time.sleep(2)  # retrying meanwhile
         delivered = pending()
         assert metrics(client) == {}
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+        log = terminate(worker)
     finally:
         stop(worker)
     # Every entry it took is still pending: none was acknowledged.
@@ -143,9 +139,7 @@ def test_it_waits_while_redis_is_unreachable_and_stops_on_sigterm() -> None:
     try:
         time.sleep(3)
         assert worker.poll() is None  # still alive, retrying
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0
-        log = worker.stdout.read().decode()  # type: ignore[union-attr]
+        log = terminate(worker)
     finally:
         stop(worker)
     assert "Redis unreachable" in log

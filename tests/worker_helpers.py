@@ -2,6 +2,7 @@
 this process or as subprocesses, and reading the whole index for comparisons."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -113,6 +114,13 @@ def start_worker(name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         [sys.executable, str(ROOT / "manage.py"), "run_worker", "--consumer", name, *args],
         cwd=ROOT, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+
+
+def terminate(process: subprocess.Popen[bytes]) -> str:
+    """Sends SIGTERM, checks that the process exits 0 within a minute, and returns its output."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    return process.stdout.read().decode()  # type: ignore[union-attr]
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
