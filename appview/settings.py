@@ -73,6 +73,10 @@ DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
 # 20-30 ms compiling statements of a batch that ran in 5 ms.
 _db_options: dict[str, object] = DATABASES["default"]["OPTIONS"]  # type: ignore[assignment]
 _db_options["options"] = f"{_db_options.get('options', '')} -c jit=off".strip()
+# Server-side prepared statements (Django leaves them off by default, for poolers that cannot carry
+# them): the worker sends the same statements with every batch. Set to false behind a transaction pooler
+# that does not track prepared statements.
+_db_options["prepare_threshold"] = 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_redis_url("REDIS_URL", "redis://localhost:6379/0")

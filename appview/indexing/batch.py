@@ -251,8 +251,11 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
 def _run(cur: Cursor[Any], sql: str, params: Sequence[Any] = ()) -> None:
     """Executes with every list parameter sent as one comma-separated string (split by string_to_array):
     the lists here hold DIDs, AT-URIs, NSIDs, handles, TIDs, statuses and numbers, whose syntax has no
-    comma, and one string costs far less to send than an array dumped element by element."""
-    cur.execute(sql, [_csv(value) for value in params])
+    comma, and one string costs far less to send than an array dumped element by element.
+
+    Prepared: every batch sends the same two dozen statement texts, and parsing and planning each again
+    cost PostgreSQL 0.1-0.2 ms apiece (Django leaves psycopg's automatic preparation off, for poolers)."""
+    cur.execute(sql, [_csv(value) for value in params], prepare=True)
 
 
 def _csv(value: Any) -> Any:
@@ -514,7 +517,7 @@ def _upsert(cur: Cursor[Any], spec: TableSpec | None,
         else:
             row.update(zip(extra, w.values, strict=True))  # type: ignore[arg-type]
         rows.append(row)
-    cur.execute(_upsert_sql(spec), [orjson.dumps(rows).decode()])
+    cur.execute(_upsert_sql(spec), [orjson.dumps(rows).decode()], prepare=True)
 
     def take_results(aggregates: Aggregates, result: BatchResult) -> None:
         if spec is None:

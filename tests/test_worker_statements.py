@@ -1,0 +1,67 @@
+"""The worker's statements are prepared once per connection and then reused, and a batch that fails leaves
+no prepared statement behind (the rollback deallocates them; the next batch prepares them again)."""
+
+from collections import Counter
+
+import pytest
+from django.db import connection
+
+from appview import redis_store
+from appview.models import Like, Post
+from tests.worker_helpers import CID, WHEN, commit_frame, drain, push
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+POST_URI = "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.post/3lmxjza3h2i01"
+
+
+def prepared_statements() -> Counter[str]:
+    """How many times each statement text is prepared on this thread's connection (the worker's)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return Counter(statement for (statement,) in cursor.fetchall())
+
+
+def like_frames(seqs: range) -> list[tuple[int, bytes]]:
+    like = {"$type": "app.bsky.feed.like", "subject": {"uri": POST_URI, "cid": CID}, "createdAt": WHEN}
+    return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.like/3lmxjza3h2i{seq:02d}", like)]))
+            for seq in seqs]
+
+
+def like_upserts(statements: Counter[str]) -> list[int]:
+    return [count for statement, count in statements.items() if "INSERT INTO appview_like" in statement]
+
+
+def test_it_prepares_each_statement_once_and_reuses_it_across_batches() -> None:
+    push(redis_store.connect(), like_frames(range(1, 31)))
+    worker = drain(batch_size=10)
+    assert worker.stats.batches >= 3
+    statements = prepared_statements()
+    assert like_upserts(statements) == [1]
+    assert max(statements.values()) == 1
+
+
+def test_it_leaves_no_prepared_statement_behind_when_a_batch_fails() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; RETURN NEW; END $$;"
+            " CREATE TRIGGER refuse_poison BEFORE INSERT ON appview_post"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+        )
+    try:
+        poison = {"$type": "app.bsky.feed.post", "text": "poison", "createdAt": WHEN}
+        # Likes sent before the post in each batch: their upsert is prepared when the post's fails.
+        frames = [*like_frames(range(1, 10)), (10, commit_frame(10, [("create", "app.bsky.feed.post/3lmxjza3h2i10",
+                                                                         poison)])),
+                  *like_frames(range(11, 20))]
+        push(redis_store.connect(), frames)
+        worker = drain(batch_size=20, max_attempts=2)
+        statements = prepared_statements()  # before the DROP below, which makes psycopg deallocate them all
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_poison ON appview_post; DROP FUNCTION refuse_poison()")
+    assert (worker.stats.processed, worker.stats.dead) == (19, 1)
+    assert Like.objects.count() == 18 and Post.objects.count() == 0
+    assert like_upserts(statements) == [1]
+    assert max(statements.values()) == 1
