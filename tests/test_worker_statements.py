@@ -1,5 +1,6 @@
-"""The worker's statements are prepared once per connection and then reused, and a batch that fails leaves
-no prepared statement behind (the rollback deallocates them; the next batch prepares them again)."""
+"""The worker's statements are prepared once per connection and then reused, always planned for the
+values they are given, and a batch that fails leaves no prepared statement behind (the rollback
+deallocates them; the next batch prepares them again)."""
 
 from collections import Counter
 
@@ -39,6 +40,18 @@ def test_it_prepares_each_statement_once_and_reuses_it_across_batches() -> None:
     statements = prepared_statements()
     assert like_upserts(statements) == [1]
     assert max(statements.values()) == 1
+
+
+def test_it_never_runs_a_generic_plan() -> None:
+    # A generic plan made while the tables are small keeps its sequential scans as they grow.
+    push(redis_store.connect(), like_frames(range(1, 41)))
+    drain(batch_size=4)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT sum(generic_plans), max(custom_plans) FROM pg_prepared_statements"
+                       " WHERE statement LIKE %s", ["%INSERT INTO appview_like%"])
+        generic, custom = cursor.fetchone()
+    assert custom >= 10
+    assert generic == 0
 
 
 def test_it_leaves_no_prepared_statement_behind_when_a_batch_fails() -> None:

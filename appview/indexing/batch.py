@@ -253,8 +253,8 @@ def _run(cur: Cursor[Any], sql: str, params: Sequence[Any] = ()) -> None:
     the lists here hold DIDs, AT-URIs, NSIDs, handles, TIDs, statuses and numbers, whose syntax has no
     comma, and one string costs far less to send than an array dumped element by element.
 
-    Prepared: every batch sends the same two dozen statement texts, and parsing and planning each again
-    cost PostgreSQL 0.1-0.2 ms apiece (Django leaves psycopg's automatic preparation off, for poolers)."""
+    Prepared (see DB_PREPARED_STATEMENTS in settings.py): every batch sends the same two dozen statement
+    texts, which PostgreSQL then parses once per connection instead of once per batch."""
     cur.execute(sql, [_csv(value) for value in params], prepare=True)
 
 
