@@ -323,22 +323,30 @@ def main() -> None:
 
 
 ANALYSIS = """\
-Why the worker is below 15,000 events/s and half the COPY rate (profiled with cProfile, py-spy and
-auto_explain; the CPU figures above are the ones to compare, other jobs on the machine skew the wall clock):
+Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy, auto_explain and
+the CPU time of each thread; the CPU figures above are the ones to compare: the wall clock follows what
+else the host runs, and the same code ran at 4,400-4,500 events/s on a slower machine of this kind):
 
-- Worker CPU, about 125 µs per event in a single-threaded loop and 145-160 µs in run_worker (its reader
-  thread and the main thread contend for the GIL): parsing is 55-75 µs (DAG-CBOR of the frame, the CAR's
-  block index and the record blocks, syntax checks, typed columns, the record's JSON), building and
-  sending the batch's SQL and taking its results in 30-40 µs, reading entries from Redis 7-12 µs,
-  acknowledging 7 µs. With the GIL, one process cannot pass about 7,000-8,000 events/s even with
-  PostgreSQL on another core.
-- PostgreSQL CPU, about 100 µs per event, against about 20-25 µs for a raw COPY of the resulting rows:
-  statements run about 70 µs per event (auto_explain), the rest is the protocol, planning and commit. The
-  like upsert alone is 25 µs per event (about 40 µs per like: JSON rows parsed by json_to_recordset, the
-  ON CONFLICT protocol, four indexes), the count updates of liked posts 11 µs, the post upsert 10 µs.
-  COPY skips what makes the index exact and order independent: the newer-seq check of every upsert, the
-  tombstone and purge checks, the actor-row locks that serialise concurrent workers per repo and per
-  aggregate owner, and the aggregates.
+- Budget: two cores shared by the worker, its PostgreSQL backend and Redis give 133 µs of CPU per event
+  at 15,000 events/s, all processes together. Today's costs add up to about 150-180 µs, and the batch
+  is a strict alternation of Python and PostgreSQL, so the cores are not both busy all the time.
+- Worker CPU, 74-95 µs per event in a single-threaded loop and 85-105 µs in run_worker (its reader
+  thread and its main thread contend for the GIL): parsing about 40 µs (DAG-CBOR of the frame, the CAR's
+  block index, the record blocks, syntax checks, typed columns, the record's JSON), building and
+  sending the batch's SQL and taking its results about 22 µs, acknowledging 5 µs, reading from Redis
+  4 µs. No single function stands out any more.
+- PostgreSQL CPU, 60-77 µs per event, against 13-27 µs for a raw COPY of the resulting rows. Of the
+  statements' 56 µs per event (auto_explain): the like upsert 20 µs (33 µs per like: json_to_recordset,
+  the ON CONFLICT protocol, four indexes), the post upsert 8, the count updates of existing posts 5,
+  the counts of new posts 4, the actor-row locks 3.5, reposts 3.4, actor counts 3.2, new actor rows 3,
+  follows 2.6. The statements are prepared: parsing and planning them anew cost 0.1-0.2 ms each per
+  batch (measured: -10% of PostgreSQL's CPU, -13% of the worker's). COPY skips what makes the index exact
+  and order independent: the newer-seq check of every upsert, the tombstone and purge checks, the
+  actor-row locks that serialise concurrent workers per repo and per aggregate owner, and the aggregates.
+- Measured and not taken: rows as binary arrays for unnest (psycopg dumps them at about 60 µs per row),
+  jsonb_to_recordset (no faster than json_to_recordset), a plain INSERT that skips existing rows (safe
+  under the repo lock) instead of ON CONFLICT (2-4 µs per like, within the noise), a shorter or longer
+  GIL switch interval and a deeper read-ahead queue (no difference beyond the noise).
 
 What scales: workers are independent consumers of the group, so several workers (on several machines)
 add up until PostgreSQL is the limit. Larger batches do not change the CPU per event (`--batch-size 3000`
