@@ -4,12 +4,13 @@ deallocates them; the next batch prepares them again)."""
 
 from collections import Counter
 
+import psycopg
 import pytest
 from django.db import connection
 
 from appview import redis_store
 from appview.models import Like, Post
-from tests.worker_helpers import CID, WHEN, commit_frame, drain, push
+from tests.worker_helpers import CID, WHEN, commit_frame, drain, make_worker, push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,3 +79,27 @@ def test_it_leaves_no_prepared_statement_behind_when_a_batch_fails() -> None:
     assert Like.objects.count() == 18 and Post.objects.count() == 0
     assert like_upserts(statements) == [1]
     assert max(statements.values()) == 1
+
+
+def test_it_prepares_again_when_a_migration_changes_a_result_type_under_it() -> None:
+    # A migration run from elsewhere while the worker holds its connection: its prepared read of
+    # tombstones now returns another type, which PostgreSQL refuses to run. No event is at fault: the
+    # batch's rollback makes psycopg deallocate every prepared statement, and the halves it is split
+    # into prepare them again.
+    client = redis_store.connect()
+    push(client, like_frames(range(1, 11)))
+    worker = make_worker(batch_size=5)
+    worker.run(drain=True)
+    assert like_upserts(prepared_statements()) == [1]
+    with psycopg.connect(**connection.get_connection_params(), autocommit=True) as migrator:
+        migrator.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN seq TYPE numeric")
+    try:
+        push(client, like_frames(range(11, 21)))
+        worker.run(drain=True)
+    finally:
+        connection.close()  # its plans are for the altered type
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN seq TYPE bigint")
+    assert Like.objects.count() == 20
+    assert client.xlen(redis_store.dead_letters_stream()) == 0
+    assert (worker.stats.processed, worker.stats.dead) == (20, 0)
