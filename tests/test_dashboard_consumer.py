@@ -3,6 +3,7 @@ layer, Redis and PostgreSQL."""
 
 import asyncio
 import json
+import random
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -170,3 +171,23 @@ def test_it_takes_over_once_a_dead_broadcasters_lease_expires() -> None:
             await asyncio.sleep(0.2)
 
     run(scenario())
+
+
+
+def test_it_stops_whenever_it_is_cancelled() -> None:
+    # A cancellation that lands inside a Redis call of the channel layer can come back as a normal return;
+    # the loop then went on broadcasting, and asyncio.run waited for it forever (a hung test run).
+    rng = random.Random(7)
+
+    async def scenario() -> None:
+        for _ in range(60):
+            broadcaster = Broadcaster(interval=0.01)
+            broadcaster.subscribe()
+            task = broadcaster._task
+            assert task is not None
+            await asyncio.sleep(rng.uniform(0, 0.08))
+            broadcaster.unsubscribe()
+            done, _ = await asyncio.wait([task], timeout=3)
+            assert done, "the broadcaster went on after it was cancelled"
+
+    run(scenario(), timeout=240)
