@@ -30,6 +30,7 @@ from tests.worker_helpers import (
     drain,
     event_frame,
     metrics,
+    post_trigger,
     push,
     push_raw,
 )
@@ -180,23 +181,13 @@ def test_it_counts_an_undecodable_frame_and_goes_on() -> None:
 
 def test_it_sends_a_poison_event_to_dead_letters_and_commits_the_rest_of_its_batch() -> None:
     # A database that refuses one record: the worker cannot know in advance, so it must isolate it.
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; RETURN NEW; END $$;"
-            " CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON appview_post"
-            " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-        )
-    try:
+    with post_trigger("IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF;", on="INSERT OR UPDATE"):
         frames = [(seq, commit_frame(seq, [("create", f"app.bsky.feed.post/3lmxjza3h2i{seq:02d}",
                                              post(text="poison" if seq == 7 else f"post {seq}"))]))
                   for seq in range(1, 21)]
         client = redis_store.connect()
         push(client, frames)
         worker = drain(batch_size=20)
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER refuse_poison ON appview_post; DROP FUNCTION refuse_poison()")
 
     assert Post.objects.count() == 19
     assert not Post.objects.filter(text="poison").exists()

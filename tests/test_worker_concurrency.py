@@ -24,6 +24,7 @@ from tests.worker_helpers import (
     drain,
     event_frame,
     metrics,
+    post_trigger,
     push,
     snapshot,
     truncate_index,
@@ -168,23 +169,17 @@ def test_it_runs_a_batch_again_when_postgresql_rolls_it_back() -> None:
     # The first two attempts fail as a deadlock victim would (a sequence is not rolled back with the
     # transaction). With one attempt allowed per event, only running the batch again can index it.
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE SEQUENCE rollback_count;"
-            " CREATE FUNCTION roll_back_twice() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF nextval('rollback_count') <= 2 THEN"
-            " RAISE EXCEPTION 'deadlock detected (simulated)' USING ERRCODE = '40P01'; END IF; RETURN NEW; END $$;"
-            " CREATE TRIGGER roll_back_twice BEFORE INSERT ON appview_post"
-            " FOR EACH ROW EXECUTE FUNCTION roll_back_twice()"
-        )
+        cursor.execute("CREATE SEQUENCE rollback_count")
     try:
-        client = redis_store.connect()
-        push(client, [(1, commit_frame(1, [("create", "app.bsky.feed.post/3lmxjza3h2i01",
-                                            {"$type": "app.bsky.feed.post", "text": "post", "createdAt": WHEN})]))])
-        worker = drain(max_attempts=1)
+        with post_trigger("IF nextval('rollback_count') <= 2 THEN"
+                          " RAISE EXCEPTION 'deadlock detected (simulated)' USING ERRCODE = '40P01'; END IF;"):
+            client = redis_store.connect()
+            push(client, [(1, commit_frame(1, [("create", "app.bsky.feed.post/3lmxjza3h2i01",
+                                                {"$type": "app.bsky.feed.post", "text": "post", "createdAt": WHEN})]))])
+            worker = drain(max_attempts=1)
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER roll_back_twice ON appview_post; DROP FUNCTION roll_back_twice();"
-                           " DROP SEQUENCE rollback_count")
+            cursor.execute("DROP SEQUENCE rollback_count")
     assert Post.objects.count() == 1
     assert client.xlen(redis_store.dead_letters_stream()) == 0
     assert metrics(client) == {"totalEvents": 1, "#commit": 1}

@@ -10,7 +10,7 @@ from django.db import connection
 
 from appview import redis_store
 from appview.models import Like, Post
-from tests.worker_helpers import CID, WHEN, commit_frame, drain, make_worker, push
+from tests.worker_helpers import CID, WHEN, commit_frame, drain, make_worker, post_trigger, push
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -56,14 +56,7 @@ def test_it_never_runs_a_generic_plan() -> None:
 
 
 def test_it_leaves_no_prepared_statement_behind_when_a_batch_fails() -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF; RETURN NEW; END $$;"
-            " CREATE TRIGGER refuse_poison BEFORE INSERT ON appview_post"
-            " FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-        )
-    try:
+    with post_trigger("IF NEW.text = 'poison' THEN RAISE EXCEPTION 'poisoned record'; END IF;"):
         poison = {"$type": "app.bsky.feed.post", "text": "poison", "createdAt": WHEN}
         # Likes sent before the post in each batch: their upsert is prepared when the post's fails.
         frames = [*like_frames(range(1, 10)), (10, commit_frame(10, [("create", "app.bsky.feed.post/3lmxjza3h2i10",
@@ -71,10 +64,7 @@ def test_it_leaves_no_prepared_statement_behind_when_a_batch_fails() -> None:
                   *like_frames(range(11, 20))]
         push(redis_store.connect(), frames)
         worker = drain(batch_size=20, max_attempts=2)
-        statements = prepared_statements()  # before the DROP below, which makes psycopg deallocate them all
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER refuse_poison ON appview_post; DROP FUNCTION refuse_poison()")
+        statements = prepared_statements()  # before the trigger's DROP, which makes psycopg deallocate them all
     assert (worker.stats.processed, worker.stats.dead) == (19, 1)
     assert Like.objects.count() == 18 and Post.objects.count() == 0
     assert like_upserts(statements) == [1]

@@ -1,12 +1,13 @@
 """Shared by the worker tests: filling firehose:events, building commit frames, running workers in
 this process or as subprocesses, and reading the whole index for comparisons."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -179,6 +180,23 @@ def wait_for(condition: Any, *, timeout: float, interval: float = 0.05) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def post_trigger(body: str, *, on: str = "INSERT") -> Iterator[None]:
+    """A PL/pgSQL row trigger that runs ``body`` before every ``on`` of a post, dropped on exit: a database
+    that refuses some writes, as no event could make it."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE FUNCTION test_post_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NEW;"
+            f" END $$; CREATE TRIGGER test_post_trigger BEFORE {on} ON appview_post"
+            " FOR EACH ROW EXECUTE FUNCTION test_post_trigger()"
+        )
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_post_trigger ON appview_post; DROP FUNCTION test_post_trigger()")
 
 
 def assert_aggregates_match_rows() -> None:
