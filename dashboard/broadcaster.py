@@ -91,8 +91,8 @@ class Broadcaster:
                         failing_since = time.monotonic()
                         logger.exception("dashboard broadcast failed; retrying every %.0f s", self.interval)
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    # A cancellation that came while the snapshot was being built in its thread: asgiref waits
-                    # for the thread and then returns normally, and this loop would never end.
+                    # A cancellation that a library under tick() swallowed (seen in the channel layer's
+                    # group_send, a Redis call, which then returned normally): this loop would never end.
                     raise asyncio.CancelledError
                 # Ticks just after each wall-clock second, when the previous per-second bucket is complete.
                 await asyncio.sleep(self.interval - (time.time() % self.interval) + 0.05 * self.interval)
