@@ -282,8 +282,9 @@ def main() -> None:
             frames = fill_stream(args.events, args.seed)
             runs.append((*run_worker(args.batch_size), dict(CPU)))
             print(f"run {run + 1}: {runs[-1][1]:,.0f} events/s", flush=True)
-        rates = sorted(rate for _, rate, _, _ in runs)
-        elapsed, worker_rate, rss, cpu = sorted(runs, key=lambda r: r[1])[(len(runs) - 1) // 2]
+        runs.sort(key=lambda run: run[1])
+        rates = [rate for _, rate, _, _ in runs]
+        elapsed, worker_rate, rss, cpu = runs[(len(runs) - 1) // 2]
         CPU.update(cpu)
         # What one worker would do with a core of its own and its PostgreSQL backend on another.
         cpu_bound_rate = args.events / max(CPU["worker"] - startup_cpu, CPU["postgres"])
