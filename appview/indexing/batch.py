@@ -374,38 +374,46 @@ def _purge(cur: Cursor[Any], purges: dict[str, int], aggregates: Aggregates, res
     """Account deleted: every record of the repo written before the deletion goes, from every table."""
     dids = sorted(purges)
     seqs = [purges[did] for did in dids]
-    _run(cur,
-        f"UPDATE {ACTOR} a SET purged_seq = v.seq, updated_at = now()"
-        f" FROM unnest({TEXTS}, {BIGINTS}) AS v(did, seq) WHERE a.did = v.did AND v.seq > a.purged_seq",
-        [dids, seqs],
-    )
-    for spec in TABLE_BY_COLLECTION.values():
-        columns = _counted_columns(spec.collection)
-        returned = ", ".join(f"t.{column}" for column in columns) or "1"
+    connection = cur.connection
+    # Each statement touches a table of its own: they go out in one pipeline, their results read at the end.
+    with connection.pipeline():
         _run(cur,
-            f"DELETE FROM {spec.table} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
-            f" WHERE t.did = v.did AND t.seq < v.seq RETURNING {returned}",
+            f"UPDATE {ACTOR} a SET purged_seq = v.seq, updated_at = now()"
+            f" FROM unnest({TEXTS}, {BIGINTS}) AS v(did, seq) WHERE a.did = v.did AND v.seq > a.purged_seq",
             [dids, seqs],
         )
-        rows = cur.fetchall()
-        result.deltas[spec.collection] -= len(rows)
-        result.written += len(rows)
-        for row in rows if columns else ():
-            aggregates.count(spec.collection, dict(zip(columns, row, strict=True)), -1)
-    _run(cur,
-        f"DELETE FROM {GENERIC} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
-        " WHERE t.did = v.did AND t.seq < v.seq RETURNING t.collection",
-        [dids, seqs],
-    )
-    for (collection,) in cur.fetchall():
-        result.deltas[collection] -= 1
-        result.written += 1
-    # Older tombstones are redundant with purged_seq.
-    _run(cur,
-        f"DELETE FROM {TOMBSTONE} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
-        " WHERE t.did = v.did AND t.seq < v.seq",
-        [dids, seqs],
-    )
+        sent: list[tuple[str, list[str], Cursor[Any]]] = []
+        for spec in TABLE_BY_COLLECTION.values():
+            columns = _counted_columns(spec.collection)
+            returned = ", ".join(f"t.{column}" for column in columns) or "1"
+            deleter = Cursor(connection)
+            _run(deleter,
+                f"DELETE FROM {spec.table} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
+                f" WHERE t.did = v.did AND t.seq < v.seq RETURNING {returned}",
+                [dids, seqs],
+            )
+            sent.append((spec.collection, columns, deleter))
+        generic = Cursor(connection)
+        _run(generic,
+            f"DELETE FROM {GENERIC} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
+            " WHERE t.did = v.did AND t.seq < v.seq RETURNING t.collection",
+            [dids, seqs],
+        )
+        # Older tombstones are redundant with purged_seq.
+        _run(cur,
+            f"DELETE FROM {TOMBSTONE} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
+            " WHERE t.did = v.did AND t.seq < v.seq",
+            [dids, seqs],
+        )
+        for collection, columns, deleter in sent:
+            rows = deleter.fetchall()
+            result.deltas[collection] -= len(rows)
+            result.written += len(rows)
+            for row in rows if columns else ():
+                aggregates.count(collection, dict(zip(columns, row, strict=True)), -1)
+        for (collection,) in generic.fetchall():
+            result.deltas[collection] -= 1
+            result.written += 1
 
 
 def _tombstones(cur: Cursor[Any], uris: list[str]) -> dict[str, int]:
