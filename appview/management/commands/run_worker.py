@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from appview.indexing.worker import Worker, default_consumer_name
+from appview.indexing.worker import Worker, default_consumer_name, settle_garbage_collector
 
 
 class Command(BaseCommand):
@@ -36,4 +36,5 @@ class Command(BaseCommand):
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        settle_garbage_collector()
         worker.run(drain=options["drain"])
