@@ -384,31 +384,42 @@ def main() -> None:
 
 
 ANALYSIS = """\
-Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy, auto_explain and
-the CPU time of each thread; the CPU figures above are the ones to compare: the wall clock follows what
-else the host runs, and code that ran at 4,400-4,500 events/s on an earlier machine of this kind ran at
-7,300 here):
+Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy, auto_explain,
+gc callbacks and the CPU time of each thread; compare CPU per event rather than wall-clock rates: this
+host's speed changes between sessions, and the same commit ran at 7,156 events/s on a faster day):
 
-- Budget: two cores shared by the worker, its PostgreSQL backend and Redis give 133 µs of CPU per event
-  at 15,000 events/s, all processes together. Today's costs add up to about 150-180 µs, and the batch
-  is a strict alternation of Python and PostgreSQL, so the cores are not both busy all the time.
-- Worker CPU, 74-95 µs per event in a single-threaded loop and 85-105 µs in run_worker (its reader
-  thread and its main thread contend for the GIL): parsing about 40 µs (DAG-CBOR of the frame, the CAR's
-  block index, the record blocks, syntax checks, typed columns, the record's JSON), building and
-  sending the batch's SQL and taking its results about 22 µs, acknowledging 5 µs, reading from Redis
-  4 µs. No single function stands out any more.
-- PostgreSQL CPU, 60-77 µs per event, against 13-27 µs for a raw COPY of the resulting rows. Of the
-  statements' 56 µs per event (auto_explain): the like upsert 20 µs (33 µs per like: json_to_recordset,
-  the ON CONFLICT protocol, four indexes), the post upsert 8, the count updates of existing posts 5,
-  the counts of new posts 4, the actor-row locks 3.5, reposts 3.4, actor counts 3.2, new actor rows 3,
-  follows 2.6. The statements are prepared: parsing and planning them anew cost 0.1-0.2 ms each per
-  batch (measured: -10% of PostgreSQL's CPU, -13% of the worker's). COPY skips what makes the index exact
-  and order independent: the newer-seq check of every upsert, the tombstone and purge checks, the
-  actor-row locks that serialise concurrent workers per repo and per aggregate owner, and the aggregates.
-- Measured and not taken: rows as binary arrays for unnest (psycopg dumps them at about 60 µs per row),
-  jsonb_to_recordset (no faster than json_to_recordset), a plain INSERT that skips existing rows (safe
-  under the repo lock) instead of ON CONFLICT (2-4 µs per like, within the noise), a shorter or longer
-  GIL switch interval and a deeper read-ahead queue (no difference beyond the noise).
+- The CPU per event is the limit, not waiting. The "ceiling of these 2 cores" row is the rate the
+  measured CPU per event (worker plus its PostgreSQL backend, Redis left out) would allow if both cores
+  were busy all the time: about 8,000-9,000 events/s. 15,000 events/s leaves 133 µs of CPU per event
+  for every process together, about 40% less than today's costs.
+- The worker process is bound by its own GIL: it keeps about 70-75% of one core busy while indexing,
+  and a single-threaded loop (Worker.step) indexes about as fast as run_worker with its reader thread.
+  More threads or connections in one process would not add much; more worker processes do (see the
+  end-to-end figures).
+- Worker CPU, about 130 µs per event on this host today: parsing 60-75 µs of it in the worker (42-51 µs
+  in a tight loop, where the caches are not shared with the SQL building and PostgreSQL): DAG-CBOR of
+  the frame, the CAR's block index, the record blocks, syntax checks, typed columns, the record's JSON;
+  then building the batch's SQL and taking its results, acknowledging (about 6% of the worker's CPU)
+  and reading from Redis (about 5%). No single function is above 6% of the samples.
+- PostgreSQL CPU, about 100 µs per event on this host today, against 20-30 µs for a raw COPY of the
+  resulting rows. In an earlier session's auto_explain breakdown (56 µs per event then): the like
+  upsert 20 µs (json_to_recordset, the ON CONFLICT protocol, four indexes), the post upsert 8, the count
+  updates of existing posts 5, the counts of new posts 4, the actor-row locks 3.5, reposts 3.4, actor
+  counts 3.2, new actor rows 3, follows 2.6. COPY skips what makes the index exact and order
+  independent: the newer-seq check of every upsert, the tombstone and purge checks, the actor-row locks
+  that serialise concurrent workers per repo and per aggregate owner, and the aggregates.
+- Taken, measured: prepared statements with custom plans (-10% of PostgreSQL's CPU, -13% of the
+  worker's); the garbage collector settled after start-up (it spent 16-21 µs per event rescanning live
+  batches: in three alternating pairs of 50,000-event runs, worker CPU 152 -> 130 µs per event and
+  wall time -8%, start-up included); the purge of deleted accounts in one round trip instead of nine.
+- Measured and not taken: the raw record as json instead of jsonb (3-7 µs less per like in PostgreSQL,
+  about 1.5% of the total, not worth a schema change), rows as binary arrays for unnest (psycopg dumps
+  them at about 60 µs per row), jsonb_to_recordset (no faster than json_to_recordset), a plain INSERT
+  that skips existing rows instead of ON CONFLICT (within the noise), a shorter or longer GIL switch
+  interval and a deeper read-ahead queue (no difference beyond the noise).
+- The benchmark itself: until this session its sampler read every process's command line every 10 ms
+  to find the PostgreSQL backends, which cost 59% of a core on a two-core machine. It now looks at each
+  process once and samples every 50 ms (its CPU is printed with the figures).
 
 What scales: workers are independent consumers of the group, so several workers (on several machines)
 add up until PostgreSQL is the limit. Larger batches do not change the CPU per event (`--batch-size 3000`
