@@ -228,7 +228,7 @@ def apply_folded(cur: Cursor[Any], folded: Folded, *,
         for spec, writes in deletes.items():
             kept = [w for w in writes if w.uri in live]
             if kept:
-                sent.append(_delete(Cursor(connection), spec, kept))
+                sent.append(_delete(Cursor(connection), spec, "uri", [w.uri for w in kept], [w.seq for w in kept]))
         _save_tombstones(cur, [w for w in folded.deletes.values() if w.seq > purged_seq.get(w.did, 0)])
         for spec, writes in upserts.items():
             kept = [w for w in writes if w.uri in live and w.seq > tombstones.get(w.uri, 0)]
@@ -382,38 +382,16 @@ def _purge(cur: Cursor[Any], purges: dict[str, int], aggregates: Aggregates, res
             f" FROM unnest({TEXTS}, {BIGINTS}) AS v(did, seq) WHERE a.did = v.did AND v.seq > a.purged_seq",
             [dids, seqs],
         )
-        sent: list[tuple[str, list[str], Cursor[Any]]] = []
-        for spec in TABLE_BY_COLLECTION.values():
-            columns = _counted_columns(spec.collection)
-            returned = ", ".join(f"t.{column}" for column in columns) or "1"
-            deleter = Cursor(connection)
-            _run(deleter,
-                f"DELETE FROM {spec.table} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
-                f" WHERE t.did = v.did AND t.seq < v.seq RETURNING {returned}",
-                [dids, seqs],
-            )
-            sent.append((spec.collection, columns, deleter))
-        generic = Cursor(connection)
-        _run(generic,
-            f"DELETE FROM {GENERIC} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
-            " WHERE t.did = v.did AND t.seq < v.seq RETURNING t.collection",
-            [dids, seqs],
-        )
+        sent = [_delete(Cursor(connection), spec, "did", dids, seqs)
+                for spec in (*TABLE_BY_COLLECTION.values(), None)]
         # Older tombstones are redundant with purged_seq.
         _run(cur,
             f"DELETE FROM {TOMBSTONE} t USING unnest({TEXTS}, {BIGINTS}) AS v(did, seq)"
             " WHERE t.did = v.did AND t.seq < v.seq",
             [dids, seqs],
         )
-        for collection, columns, deleter in sent:
-            rows = deleter.fetchall()
-            result.deltas[collection] -= len(rows)
-            result.written += len(rows)
-            for row in rows if columns else ():
-                aggregates.count(collection, dict(zip(columns, row, strict=True)), -1)
-        for (collection,) in generic.fetchall():
-            result.deltas[collection] -= 1
-            result.written += 1
+        for take_results in sent:
+            take_results(aggregates, result)
 
 
 def _tombstones(cur: Cursor[Any], uris: list[str]) -> dict[str, int]:
@@ -435,16 +413,18 @@ def _save_tombstones(cur: Cursor[Any], writes: list[RecordWrite]) -> None:
     )
 
 
-def _delete(cur: Cursor[Any], spec: TableSpec | None,
-            writes: list[RecordWrite]) -> Callable[[Aggregates, BatchResult], None]:
-    """Sends the delete of older rows; returns what takes its results in."""
+def _delete(cur: Cursor[Any], spec: TableSpec | None, key: str, keys: list[str],
+            seqs: list[int]) -> Callable[[Aggregates, BatchResult], None]:
+    """Sends the delete of the rows of ``spec``'s table (the generic one for None) whose ``key`` column
+    (uri, or did for a purge) is one of ``keys`` and whose seq is below the matching one of ``seqs``;
+    returns what takes its results in."""
     table = GENERIC if spec is None else spec.table
     columns = ["collection"] if spec is None else _counted_columns(spec.collection)
     returned = ", ".join(f"t.{column}" for column in columns) or "1"
     _run(cur,
-        f"DELETE FROM {table} t USING unnest({TEXTS}, {BIGINTS}) AS v(uri, seq)"
-        f" WHERE t.uri = v.uri AND t.seq < v.seq RETURNING {returned}",
-        [[w.uri for w in writes], [w.seq for w in writes]],
+        f"DELETE FROM {table} t USING unnest({TEXTS}, {BIGINTS}) AS v({key}, seq)"
+        f" WHERE t.{key} = v.{key} AND t.seq < v.seq RETURNING {returned}",
+        [keys, seqs],
     )
 
     def take_results(aggregates: Aggregates, result: BatchResult) -> None:
