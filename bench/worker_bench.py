@@ -365,13 +365,12 @@ def main() -> None:
         postgres_us = CPU["postgres"] / args.events * 1e6
         section = (
             "## Worker\n\n"
-            f"`{command}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; PostgreSQL, Redis and the worker"
+            f"`{command}` on {cores} cores, {time.strftime('%Y-%m-%d')}; PostgreSQL, Redis and the worker"
             f" share the machine (load average {LOAD[0]:.1f} before the runs, {LOAD[1]:.1f} after them).\n\n"
             + "\n".join(lines) + "\n\n"
             "The worker's rate is measured from its first acknowledged batch to its last (cluster:metrics"
             f" sampled every {SAMPLE_SECONDS * 1000:.0f} ms); in {'the median' if len(rates) > 1 else 'this'} run,"
-            " from process start to"
-            f" exit, the {args.events:,} events took {elapsed:.1f} s"
+            f" from process start to exit, the {args.events:,} events took {elapsed:.1f} s"
             f" ({args.events / elapsed:,.0f} events/s, Django start-up included). CPU used meanwhile: the worker"
             f" process {CPU['worker']:.1f} s, of which {startup_cpu:.1f} s start-up and shut-down"
             f" ({worker_us:.0f} µs per event without them), its PostgreSQL backend {CPU['postgres']:.1f} s"
