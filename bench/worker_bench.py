@@ -1,6 +1,6 @@
 """Benchmark of run_worker against its ceiling and against a naive indexer, on the same events.
 
-    .venv/bin/python bench/worker_bench.py [--events 100000] [--seed 1] [--batch-size 1000]
+    .venv/bin/python bench/worker_bench.py [--events 100000] [--seed 1] [--actors 5000] [--batch-size N]
                                            [--naive-sample 5000] [--runs 1] [--write docs/benchmarks.md]
 
 1. Fills firehose:events (a Redis key prefix of its own) with ``--events`` frames of the synthetic
@@ -67,14 +67,14 @@ def recreate_database() -> None:
     subprocess.run([sys.executable, str(BASE_DIR / "manage.py"), "migrate", "-v0"], check=True, cwd=BASE_DIR)
 
 
-def fill_stream(events: int, seed: int) -> list[tuple[int, bytes]]:
+def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
     from appview import redis_store
     from firehose import stream, wire
     from firehose.simulation import SyntheticFirehose
 
     client = redis_store.connect()
     stream.ensure_group(client)
-    frames = list(SyntheticFirehose(seed=seed, start_seq=1).frames(events))
+    frames = list(SyntheticFirehose(seed=seed, start_seq=1, actors=actors).frames(events))
     now = int(time.time() * 1000)
     for start in range(0, len(frames), 5000):
         pipe = client.pipeline(transaction=False)
@@ -287,7 +287,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--actors", type=int, default=5000,
+                        help="size of the synthetic actor population (run_relay_sim's default: 5000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: run_worker's (WORKER_BATCH_SIZE)")
     parser.add_argument("--naive-sample", type=int, default=5000)
     parser.add_argument("--runs", type=int, default=1, help="worker runs; the median one is reported")
     parser.add_argument("--write", type=Path, default=None, help="Markdown file whose Worker section to replace")
@@ -296,7 +298,11 @@ def main() -> None:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from appview import redis_store
+
+    args.batch_size = args.batch_size or settings.WORKER_BATCH_SIZE
 
     client = redis_store.connect()
     LOAD.append(os.getloadavg()[0])
@@ -309,7 +315,7 @@ def main() -> None:
             if run:
                 remove_keys(client)
                 recreate_database()
-            frames = fill_stream(args.events, args.seed)
+            frames = fill_stream(args.events, args.seed, args.actors)
             runs.append((*run_worker(args.batch_size), dict(CPU)))
             print(f"run {run + 1}: {runs[-1][1]:,.0f} events/s", flush=True)
         runs.sort(key=lambda run: run[1])
@@ -336,7 +342,8 @@ def main() -> None:
         admin_sql(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
     LOAD.append(os.getloadavg()[0])
     command = (f".venv/bin/python bench/worker_bench.py --events {args.events} --seed {args.seed}"
-               f" --batch-size {args.batch_size} --naive-sample {args.naive_sample} --runs {args.runs}")
+               f" --actors {args.actors} --batch-size {args.batch_size} --naive-sample {args.naive_sample}"
+               f" --runs {args.runs}")
     median = "median of " + ", ".join(f"{rate:,.0f}" for rate in rates) if len(rates) > 1 else "one run"
     lines = [
         "| measure | value | target | met |",

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection
 
 from appview import redis_store
-from appview.indexing.worker import Worker
+from appview.indexing.worker import BATCH_FRAME_BYTES, Worker
 from firehose import stream, wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,9 +90,9 @@ def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> byt
 
 
 def make_worker(name: str = "test-worker", *, batch_size: int = 100, max_attempts: int = 3,
-                claim_idle_ms: int = 60_000) -> Worker:
+                claim_idle_ms: int = 60_000, batch_bytes: int = BATCH_FRAME_BYTES) -> Worker:
     return Worker(consumer=name, batch_size=batch_size, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
-                  block_ms=50, sleep=lambda _: None)
+                  block_ms=50, batch_bytes=batch_bytes, sleep=lambda _: None)
 
 
 def drain(name: str = "test-worker", **options: Any) -> Worker:

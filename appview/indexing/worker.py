@@ -45,6 +45,10 @@ MAX_BACKOFF_SECONDS = 30.0
 DEADLOCK_RETRIES = 5
 LATENCY_WINDOW = 200
 SWITCH_INTERVAL_SECONDS = 0.0005
+# Frame bytes a batch should hold at most. Batches are read by count (XREADGROUP COUNT); after a batch of
+# large frames the next count shrinks to fit this, so that memory stays bounded whatever the relay sends:
+# three batches are alive at once (one indexed, one queued, one being read).
+BATCH_FRAME_BYTES = 16 * 2**20
 EVENT_TYPES = ("#commit", "#identity", "#account", "#sync")
 # The cyclic garbage collector's thresholds once the worker has started (see settle_garbage_collector).
 GC_THRESHOLDS = (50_000, 20, 10)
@@ -232,10 +236,12 @@ def default_consumer_name() -> str:
 
 class Worker:
     def __init__(self, *, consumer: str, batch_size: int, claim_idle_ms: int, max_attempts: int,
-                 block_ms: int = 1000, client: redis.Redis | None = None,
+                 block_ms: int = 1000, batch_bytes: int = BATCH_FRAME_BYTES, client: redis.Redis | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.consumer = consumer
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
+        self._read_count = batch_size  # entries asked for by the next read (see BATCH_FRAME_BYTES)
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.block_ms = block_ms
@@ -313,12 +319,19 @@ class Worker:
         entries, deliveries = self._read()
         if not entries:
             return None
+        self._fit_read_count(entries)
         return Batch(
             events=[parse_entry(entry_id, fields) for entry_id, fields in entries if fields is not None],
             gone=[entry_id for entry_id, fields in entries if fields is None],
             deliveries=deliveries,
             read_at=read_at,
         )
+
+    def _fit_read_count(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        """Sizes the next read so that entries like these hold at most ``batch_bytes`` of frames."""
+        frame_bytes = sum(len(fields.get(b"frame", b"")) for _, fields in entries if fields is not None)
+        fitting = self.batch_bytes * len(entries) // max(frame_bytes, 1)
+        self._read_count = max(1, min(self.batch_size, fitting))
 
     def _read(self) -> tuple[list[tuple[bytes, dict[bytes, bytes] | None]], dict[bytes, int]]:
         now = time.monotonic()
@@ -337,7 +350,7 @@ class Worker:
     def _xreadgroup(self, start: str, *, block: int | None) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
         try:
             reply = self.client.xreadgroup(redis_store.CONSUMER_GROUP, self.consumer,
-                                           {redis_store.events_stream(): start}, count=self.batch_size,
+                                           {redis_store.events_stream(): start}, count=self._read_count,
                                            block=block)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -353,7 +366,7 @@ class Worker:
         try:
             reply = self.client.xautoclaim(redis_store.events_stream(), redis_store.CONSUMER_GROUP,
                                            self.consumer, self.claim_idle_ms, start_id=self._claim_from,
-                                           count=self.batch_size)
+                                           count=self._read_count)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
