@@ -390,47 +390,51 @@ def main() -> None:
 
 
 ANALYSIS = """\
-Why the worker is below 15,000 events/s and half the COPY rate (profiled with py-spy, auto_explain,
-gc callbacks and the CPU time of each thread; compare CPU per event rather than wall-clock rates: this
-host's speed changes between sessions, and the same commit ran at 7,156 events/s on a faster day):
+What sets the rate (profiled with py-spy, auto_explain, gc callbacks and the CPU time of each thread;
+compare CPU per event rather than wall-clock rates across sessions: this host's speed changes between
+them, and the same commit ran at 5,775 events/s on a slower day):
 
-- The CPU per event is the limit, not waiting. The "ceiling of these 2 cores" row is the rate the
-  measured CPU per event (worker plus its PostgreSQL backend, Redis left out) would allow if both cores
-  were busy all the time: about 8,000-9,000 events/s. 15,000 events/s leaves 133 µs of CPU per event
-  for every process together, about 40% less than today's costs.
-- The worker process is bound by its own GIL: it keeps about 70-75% of one core busy while indexing,
-  and a single-threaded loop (Worker.step) indexes about as fast as run_worker with its reader thread.
-  More threads or connections in one process would not add much; more worker processes do (see the
-  end-to-end figures).
-- Worker CPU, about 130 µs per event on this host today: parsing 60-75 µs of it in the worker (42-51 µs
-  in a tight loop, where the caches are not shared with the SQL building and PostgreSQL): DAG-CBOR of
-  the frame, the CAR's block index, the record blocks, syntax checks, typed columns, the record's JSON;
-  then building the batch's SQL and taking its results, acknowledging (about 6% of the worker's CPU)
-  and reading from Redis (about 5%). No single function is above 6% of the samples.
-- PostgreSQL CPU, about 100 µs per event on this host today, against 20-30 µs for a raw COPY of the
-  resulting rows. In an earlier session's auto_explain breakdown (56 µs per event then): the like
-  upsert 20 µs (json_to_recordset, the ON CONFLICT protocol, four indexes), the post upsert 8, the count
-  updates of existing posts 5, the counts of new posts 4, the actor-row locks 3.5, reposts 3.4, actor
-  counts 3.2, new actor rows 3, follows 2.6. COPY skips what makes the index exact and order
+- Batch size. One batch is one transaction, read, indexed and acknowledged in turn: the reader thread
+  parses the next batch meanwhile, but the main thread's SQL building, its PostgreSQL round trips, the
+  commit and the acknowledgement follow one another. Each batch also costs PostgreSQL the same
+  statements (planned afresh: custom plans) and one lock and one count update per actor or post it
+  touches, however many of its events name them. Larger batches spread both. Measured on this host
+  (100,000 events, 3 runs each, median): batches of 1000, 2000, 3000, 5000 gave 12,776, 16,273, 17,277,
+  18,400 events/s, with PostgreSQL at 44, 35, 32, 31 µs per event and the worker at 45, 41, 40, 40 µs
+  per event, peak RSS 83, 97, 109, 136 MB. With 100,000 actors instead of the simulator's 5,000 (far
+  fewer events per actor in a batch: `--actors 100000`): 11,489, 15,194, 16,894 events/s for 1000,
+  3000, 5000, PostgreSQL 53, 39, 35 µs per event, RSS 89, 116, 143 MB. So run_worker now reads up to
+  5000 entries per batch (WORKER_BATCH_SIZE). A batch is what is waiting, up to that: at the live
+  firehose's rate batches stay small and latency low; large batches happen when there is a backlog,
+  which is when throughput matters. After large frames, fewer entries are read (at most 16 MB of frames
+  per batch), so memory stays bounded whatever the relay sends.
+- The ceiling: the "ceiling of these 2 cores" row is the rate the measured CPU per event (worker plus
+  its PostgreSQL backend, Redis left out) would allow if both cores were busy all the time. The worker
+  process is bound by its own GIL and keeps 55-80% of one core busy; more worker processes add up (see
+  the end-to-end figures) until PostgreSQL and lock waits on popular actors are the limit.
+- Half the COPY rate is not reached, and not near: COPY writes finished rows into the tables, at
+  about 90,000-100,000 events/s on this host. It skips what makes the index exact and order
   independent: the newer-seq check of every upsert, the tombstone and purge checks, the actor-row locks
-  that serialise concurrent workers per repo and per aggregate owner, and the aggregates.
-- Taken, measured: prepared statements with custom plans (-10% of PostgreSQL's CPU, -13% of the
-  worker's); the garbage collector settled after start-up (it spent 16-21 µs per event rescanning live
-  batches: in three alternating pairs of 50,000-event runs, worker CPU 152 -> 130 µs per event and
-  wall time -8%, start-up included); the purge of deleted accounts in one round trip instead of nine.
+  that serialise concurrent workers per repo and per aggregate owner, and the aggregates; and the
+  worker's share (parsing DAG-CBOR and CAR blocks, syntax checks, typed columns, the record's JSON:
+  about half of its CPU) has no counterpart in COPY. In an earlier session's auto_explain breakdown (56
+  µs per event then, in batches of 1000): the like upsert 20 µs (json_to_recordset, the ON CONFLICT
+  protocol, four indexes), the post upsert 8, the count updates of existing posts 5, the counts of new
+  posts 4, the actor-row locks 3.5, reposts 3.4, actor counts 3.2, new actor rows 3, follows 2.6.
+- Taken, measured in earlier sessions: prepared statements with custom plans (-10% of PostgreSQL's
+  CPU, -13% of the worker's); the garbage collector settled after start-up (it spent 16-21 µs per event
+  rescanning live batches; worker CPU -15%, wall time -8%); the purge of deleted accounts in one round
+  trip instead of nine.
 - Measured and not taken: the raw record as json instead of jsonb (3-7 µs less per like in PostgreSQL,
   about 1.5% of the total, not worth a schema change), rows as binary arrays for unnest (psycopg dumps
   them at about 60 µs per row), jsonb_to_recordset (no faster than json_to_recordset), a plain INSERT
   that skips existing rows instead of ON CONFLICT (within the noise), a shorter or longer GIL switch
   interval and a deeper read-ahead queue (no difference beyond the noise).
-- The benchmark itself: until this session its sampler read every process's command line every 10 ms
-  to find the PostgreSQL backends, which cost 59% of a core on a two-core machine. It now looks at each
-  process once and samples every 50 ms (its CPU is printed with the figures).
+- The benchmark itself samples every 50 ms and looks at each process once to find the PostgreSQL
+  backends (an earlier sampler cost 59% of a core); its own CPU is printed with the figures.
 
-What scales: workers are independent consumers of the group, so several workers (on several machines)
-add up until PostgreSQL is the limit. Larger batches do not change the CPU per event (`--batch-size 3000`
-gave the same CPU-bound estimate, with 135 MB resident). The naive indexer (one transaction and ORM calls
-per record, +1 counters) is far behind, and its counters are wrong under replays.
+The naive indexer (one transaction and ORM calls per record, +1 counters) is far behind, and its
+counters are wrong under replays.
 """
 
 
