@@ -56,7 +56,7 @@ import redis
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
-from bench.worker_bench import copy_ceiling, naive_index  # noqa: E402
+from bench.worker_bench import PostgresProcesses, copy_ceiling, naive_index  # noqa: E402
 from tests.harness.processes import Pipeline, PipelineError, Service, wait_until  # noqa: E402
 from tests.harness.servers import (  # noqa: E402
     RedisServer,
@@ -78,8 +78,6 @@ SIZING_RATE = 12_000
 PROJECT_PACKAGES = ("appview", "firehose", "dashboard")
 # Server settings that bound a write-heavy run; the machine's server keeps Debian's defaults.
 PG_SETTINGS = ("shared_buffers", "max_wal_size", "synchronous_commit", "fsync")
-PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
-                 "logical replication launcher", "stats collector", "archiver")
 
 # Targets of issue 7.
 TARGET_RATE = 10_000
@@ -144,21 +142,6 @@ def tree_cpu(process: psutil.Process) -> float:
     return total
 
 
-def postgres_processes(database: str) -> tuple[list[psutil.Process], list[psutil.Process]]:
-    """The server's backends connected to ``database`` (their title names it) and its background
-    processes (WAL writer, checkpointer...), which work for every database."""
-    ours, background = [], []
-    for process in psutil.process_iter(["name", "cmdline"]):
-        title = " ".join(process.info["cmdline"] or ())
-        if process.info["name"] != "postgres" and not title.startswith("postgres:"):
-            continue
-        if f" {database} " in title:
-            ours.append(process)
-        elif any(name in title for name in PG_BACKGROUND):
-            background.append(process)
-    return ours, background
-
-
 def machine_busy_seconds() -> float:
     times = psutil.cpu_times()
     return times.user + times.nice + times.system + times.irq + times.softirq + getattr(times, "steal", 0.0)
@@ -207,14 +190,13 @@ class Sampler:
     error: str | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _pg: tuple[list[psutil.Process], list[psutil.Process]] = ([], [])
-    _pg_refreshed: float = 0.0
 
     def __post_init__(self) -> None:
         self._client = self.pipeline.redis()
         # pg_stat_activity is cluster-wide: read from the maintenance database, so that this connection
         # is not one of the phase database's backends whose CPU and states are measured.
         self._pg_admin = connect(shared_admin_url())
+        self._postgres = PostgresProcesses(self.database)
         from appview import redis_store
 
         self._metrics_key = redis_store.cluster_metrics()
@@ -232,12 +214,9 @@ class Sampler:
         return found
 
     def postgres(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
-        # Scanning every process costs a few ms: the backends change rarely, so every 5 s is enough.
-        now = time.monotonic()
-        if now - self._pg_refreshed > 5:
-            self._pg = postgres_processes(self.database)
-            self._pg_refreshed = now
-        return self._pg
+        """The backends serving the phase's database and the server's background processes."""
+        self._postgres.scan()
+        return list(self._postgres.backends.values()), list(self._postgres.background.values())
 
     def start(self) -> "Sampler":
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -288,7 +267,6 @@ class Sampler:
         groups: dict[str, dict[int, float]] = {}
         for name, process in self.processes().items():
             groups[name] = {process.pid: tree_cpu(process)}
-        self._pg_refreshed = 0.0
         ours, background = self.postgres()
         groups["postgres (this database)"] = {p.pid: tree_cpu(p) for p in ours}
         groups["postgres (background)"] = {p.pid: tree_cpu(p) for p in background}

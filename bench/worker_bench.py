@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,9 @@ def run_worker(batch_size: int) -> tuple[float, float, float]:
         cwd=BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     watched = psutil.Process(process.pid)
-    backends = DatabaseBackends()
+    postgres = PostgresProcesses(BENCH_DB)
+    backend_cpu: dict[int, float] = {}  # kept for backends that have ended: CPU times are cumulative
+    next_scan = 0.0
     worker_cpu = 0.0
     peak = 0
     first: tuple[float, int] | None = None
@@ -111,7 +114,12 @@ def run_worker(batch_size: int) -> tuple[float, float, float]:
             worker_cpu = cpu_seconds(watched)
         except psutil.Error:
             break
-        backends.sample()
+        if time.monotonic() >= next_scan:
+            next_scan = time.monotonic() + 0.2
+            postgres.scan()
+        for pid, backend in postgres.backends.items():
+            with suppress(psutil.Error):
+                backend_cpu[pid] = cpu_seconds(backend)
         counted = int(client.hget(redis_store.cluster_metrics(), "totalEvents") or 0)
         now = time.perf_counter()
         if counted and first is None:
@@ -126,7 +134,7 @@ def run_worker(batch_size: int) -> tuple[float, float, float]:
         raise SystemExit(f"run_worker failed:\n{output[-3000:]}")
     steady = (last[1] - first[1]) / (last[0] - first[0]) if first and last[0] > first[0] else 0.0
     CPU["worker"] = worker_cpu
-    CPU["postgres"] = sum(backends.cpu.values())
+    CPU["postgres"] = sum(backend_cpu.values())
     return elapsed, steady, peak / 2**20
 
 
@@ -139,29 +147,33 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-class DatabaseBackends:
-    """The CPU seconds of the PostgreSQL server processes serving the benchmark's database. Each process is
-    looked at once: reading every process's command line at each sample cost the benchmark more than half
+# Titles of the PostgreSQL server's own processes, which work for every database.
+PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
+                 "logical replication launcher", "stats collector", "archiver")
+
+
+class PostgresProcesses:
+    """The PostgreSQL server processes serving ``database`` (their title names it) and the server's
+    background processes (WAL writer, checkpointer...), which work for every database. Each process is
+    classified once: reading every process's command line at each sample cost the benchmark more than half
     a core, which the worker and PostgreSQL then lacked."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str) -> None:
+        self._database = database
         self._settled: set[int] = set()  # processes already classified
-        self._backends: dict[int, psutil.Process] = {}
-        self.cpu: dict[int, float] = {}
-        self._next_scan = 0.0
+        self.backends: dict[int, psutil.Process] = {}
+        self.background: dict[int, psutil.Process] = {}
 
-    def sample(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_scan:  # CPU times are cumulative: a backend found late loses nothing
-            self._next_scan = now + 0.2
-            for pid in psutil.pids():
-                if pid not in self._settled:
-                    self._classify(pid)
-        for pid, backend in list(self._backends.items()):
-            try:
-                self.cpu[pid] = cpu_seconds(backend)
-            except psutil.Error:
-                del self._backends[pid]
+    def scan(self) -> None:
+        """Classifies the processes started since the last scan and forgets those that ended. Safe to call
+        from two threads (e2e's sampler and its main thread)."""
+        for pid in psutil.pids():
+            if pid not in self._settled:
+                self._classify(pid)
+        for found in (self.backends, self.background):
+            for pid, process in list(found.items()):
+                if not process.is_running():
+                    found.pop(pid, None)
 
     def _classify(self, pid: int) -> None:
         try:
@@ -174,8 +186,12 @@ class DatabaseBackends:
         if just_forked and not title.startswith("postgres:"):
             return  # a backend whose title is not set yet: look again next time
         self._settled.add(pid)
-        if title.startswith("postgres:") and f" {BENCH_DB} " in title:
-            self._backends[pid] = process
+        if not title.startswith("postgres:"):
+            return
+        if f" {self._database} " in title:
+            self.backends[pid] = process
+        elif any(name in title for name in PG_BACKGROUND):
+            self.background[pid] = process
 
 
 def record_tables() -> list[str]:
@@ -302,7 +318,8 @@ def main() -> None:
 
     from appview import redis_store
 
-    args.batch_size = args.batch_size or settings.WORKER_BATCH_SIZE
+    if args.batch_size is None:
+        args.batch_size = settings.WORKER_BATCH_SIZE
 
     client = redis_store.connect()
     LOAD.append(os.getloadavg()[0])

@@ -12,11 +12,9 @@ from appview.indexing import services
 from appview.indexing.worker import Worker
 from appview.models import IndexCursor, Like
 from tests.worker_helpers import (
-    CID,
     OTHER,
-    WHEN,
-    commit_frame,
     drain,
+    likes,
     make_worker,
     metrics,
     push,
@@ -28,17 +26,6 @@ from tests.worker_helpers import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-SUBJECT = {"uri": f"at://{OTHER}/app.bsky.feed.post/3lmxjza3h2i27",
-           "cid": CID}
-
-
-def likes(first: int, last: int) -> list[tuple[int, bytes]]:
-    return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.like/3lmxjza3h{seq:04d}",
-                                      {"$type": "app.bsky.feed.like", "subject": SUBJECT,
-                                       "createdAt": WHEN})]))
-            for seq in range(first, last + 1)]
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -69,6 +56,19 @@ def test_it_saves_the_durable_cursor_and_never_moves_it_back() -> None:
     push(client, likes(61, 70))
     drain()
     assert IndexCursor.objects.get(name="firehose").seq == 70
+
+
+def test_it_reads_what_it_left_pending_before_a_restart_once() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 25))
+    # A previous life of this consumer name took the entries and died before acknowledging them.
+    client.xreadgroup(redis_store.CONSUMER_GROUP, "restarted", {redis_store.events_stream(): ">"}, count=25)
+    worker = make_worker("restarted", batch_size=10)
+    # The reader thread reads the next batch before the previous one is acknowledged: no entry twice.
+    batches = [worker.read_batch() for _ in range(4)]
+    assert [[event.seq for event in batch.events] for batch in batches[:3]] == [
+        list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
+    assert batches[3] is None
 
 
 def test_it_publishes_a_heartbeat_and_removes_it_on_exit() -> None:

@@ -3,6 +3,7 @@ twice, or interrupted by a worker killed mid-batch give the same database as one
 
 import random
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from tests.worker_helpers import (
     assert_aggregates_match_rows,
     diff,
     drain,
+    make_worker,
     metrics,
     push,
     snapshot,
@@ -125,3 +127,15 @@ def test_it_claims_the_entries_of_a_dead_worker() -> None:
     assert "claimed 100 entries" in log
     assert metrics(client)["totalEvents"] == 400
     assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_it_goes_on_claiming_at_once_while_its_scan_of_the_pending_entries_has_not_come_round() -> None:
+    client = redis_store.connect()
+    push(client, frames()[:40])
+    client.xreadgroup(redis_store.CONSUMER_GROUP, "dead", {redis_store.events_stream(): ">"}, count=40)
+    time.sleep(1.1)
+    # A count of 1 (as after large frames): each XAUTOCLAIM scans ten pending entries and claims one.
+    worker = make_worker("alive", batch_size=1, claim_idle_ms=1000)
+    assert [worker.step() for _ in range(5)] == [1] * 5
+    assert worker.stats.processed == 5
+    assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 35

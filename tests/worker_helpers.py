@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection
 
 from appview import redis_store
-from appview.indexing.worker import BATCH_FRAME_BYTES, Worker
+from appview.indexing.worker import BATCH_FRAME_BYTES, READ_CHUNK, Worker
 from firehose import stream, wire
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +81,14 @@ def commit_frame(seq: int, ops: list[tuple[str, str, dict[str, Any] | None]], *,
     return wire.encode_frame({"op": 1, "t": "#commit"}, body)
 
 
+def likes(first: int, last: int) -> list[tuple[int, bytes]]:
+    """One like of the same post per seq, each of a record of its own."""
+    subject = {"uri": f"at://{OTHER}/app.bsky.feed.post/{TID}", "cid": CID}
+    return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.like/3lmxjza3h{seq:04d}",
+                                      {"$type": "app.bsky.feed.like", "subject": subject, "createdAt": WHEN})]))
+            for seq in range(first, last + 1)]
+
+
 def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> bytes:
     body = {"seq": seq, "did": did, "time": WHEN, **fields}
     if event_type == "#sync":
@@ -89,10 +97,10 @@ def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> byt
     return wire.encode_frame({"op": 1, "t": event_type}, body)
 
 
-def make_worker(name: str = "test-worker", *, batch_size: int = 100, max_attempts: int = 3,
-                claim_idle_ms: int = 60_000, batch_bytes: int = BATCH_FRAME_BYTES) -> Worker:
+def make_worker(name: str = "test-worker", *, batch_size: int = 100, max_attempts: int = 3, claim_idle_ms: int = 60_000,
+                batch_bytes: int = BATCH_FRAME_BYTES, read_chunk: int = READ_CHUNK) -> Worker:
     return Worker(consumer=name, batch_size=batch_size, claim_idle_ms=claim_idle_ms, max_attempts=max_attempts,
-                  block_ms=50, batch_bytes=batch_bytes, sleep=lambda _: None)
+                  block_ms=50, batch_bytes=batch_bytes, read_chunk=read_chunk, sleep=lambda _: None)
 
 
 def drain(name: str = "test-worker", **options: Any) -> Worker:

@@ -9,6 +9,7 @@ nothing that is not committed. Entries left pending by a dead worker are claimed
 
 import bisect
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -45,10 +46,15 @@ MAX_BACKOFF_SECONDS = 30.0
 DEADLOCK_RETRIES = 5
 LATENCY_WINDOW = 200
 SWITCH_INTERVAL_SECONDS = 0.0005
-# Frame bytes a batch should hold at most. Batches are read by count (XREADGROUP COUNT); after a batch of
-# large frames the next count shrinks to fit this, so that memory stays bounded whatever the relay sends:
-# three batches are alive at once (one indexed, one queued, one being read).
-BATCH_FRAME_BYTES = 16 * 2**20
+# An entry of firehose:events as read: its ID and its fields (None for an entry deleted while pending).
+StreamEntry = tuple[bytes, dict[bytes, bytes] | None]
+# A batch's new entries are read in chunks of at most READ_CHUNK entries until the batch size is reached
+# or its frames reach BATCH_FRAME_BYTES: a batch of large frames stops early, since what a batch holds in
+# memory follows its bytes (its records are copied several times on their way into PostgreSQL, and three
+# batches are alive at once: one indexed, one queued, one being read). Past the budget, a batch holds at
+# most one chunk more, and the chunks shrink to fit once frames are seen to be large.
+READ_CHUNK = 500
+BATCH_FRAME_BYTES = 6 * 2**20
 EVENT_TYPES = ("#commit", "#identity", "#account", "#sync")
 # The cyclic garbage collector's thresholds once the worker has started (see settle_garbage_collector).
 GC_THRESHOLDS = (50_000, 20, 10)
@@ -56,8 +62,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 # Acknowledges the batch and counts, in cluster:metrics and the "indexed" throughput buckets, only the
 # entries this call acknowledged (XACK returned 1): an entry committed twice (a redelivery after a crash
 # between commit and ack, or a claim of a slow worker's entry) is counted once.
-# KEYS: stream, metrics, second bucket, minute bucket, dead letters.
-# ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors), then
+# KEYS: stream, metrics, second bucket, minute bucket, dead letters, latency histogram.
+# ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket), then
 # m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first).
 ACK_SCRIPT = """
 local group = ARGV[1]
@@ -236,12 +242,13 @@ def default_consumer_name() -> str:
 
 class Worker:
     def __init__(self, *, consumer: str, batch_size: int, claim_idle_ms: int, max_attempts: int,
-                 block_ms: int = 1000, batch_bytes: int = BATCH_FRAME_BYTES, client: redis.Redis | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 block_ms: int = 1000, batch_bytes: int = BATCH_FRAME_BYTES, read_chunk: int = READ_CHUNK,
+                 client: redis.Redis | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.consumer = consumer
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
-        self._read_count = batch_size  # entries asked for by the next read (see BATCH_FRAME_BYTES)
+        self._chunk = min(read_chunk, batch_size)  # entries per read: own pending entries and claims take one
+        self._frame_size = 1  # average frame size of the last chunk read (bytes)
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.block_ms = block_ms
@@ -252,7 +259,10 @@ class Worker:
         self.started_at = time.time()
         self._ack_script = self.client.register_script(ACK_SCRIPT)
         self._known_actors: set[str] = set()
-        self._own_pending = True  # first re-read what this consumer name left pending (a restart)
+        # First re-read what this consumer name left pending (a restart), from this ID on; None once done.
+        # Each read goes on after the last entry of the previous one: the reader thread reads the next
+        # batch before this one is acknowledged, and reading from "0" again would deliver it twice.
+        self._own_pending_from: str | None = "0"
         self._claim_from = "0-0"
         self._next_claim = 0.0
         self._next_heartbeat = 0.0
@@ -319,7 +329,6 @@ class Worker:
         entries, deliveries = self._read()
         if not entries:
             return None
-        self._fit_read_count(entries)
         return Batch(
             events=[parse_entry(entry_id, fields) for entry_id, fields in entries if fields is not None],
             gone=[entry_id for entry_id, fields in entries if fields is None],
@@ -327,30 +336,46 @@ class Worker:
             read_at=read_at,
         )
 
-    def _fit_read_count(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
-        """Sizes the next read so that entries like these hold at most ``batch_bytes`` of frames."""
-        frame_bytes = sum(len(fields.get(b"frame", b"")) for _, fields in entries if fields is not None)
-        fitting = self.batch_bytes * len(entries) // max(frame_bytes, 1)
-        self._read_count = max(1, min(self.batch_size, fitting))
-
-    def _read(self) -> tuple[list[tuple[bytes, dict[bytes, bytes] | None]], dict[bytes, int]]:
+    def _read(self) -> tuple[list[StreamEntry], dict[bytes, int]]:
         now = time.monotonic()
-        if self._own_pending:
-            entries = self._with_redis(lambda: self._xreadgroup("0", block=None))
+        if self._own_pending_from is not None:
+            start = self._own_pending_from
+            entries = self._with_redis(lambda: self._xreadgroup(start, count=self._chunk, block=None))
             if entries:
+                self._own_pending_from = _text(entries[-1][0])
                 return entries, self._deliveries(entries)
-            self._own_pending = False
+            self._own_pending_from = None
         if now >= self._next_claim:
             self._next_claim = now + min(self.claim_idle_ms / 2000, 5.0)
             entries = self._with_redis(self._autoclaim)
             if entries:
                 return entries, self._deliveries(entries)
-        return self._with_redis(lambda: self._xreadgroup(">", block=self.block_ms)), {}
+        return self._read_new(), {}
 
-    def _xreadgroup(self, start: str, *, block: int | None) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    def _read_new(self) -> list[StreamEntry]:
+        """New entries for one batch, in chunks, until the batch size or the frame budget is reached (see
+        READ_CHUNK). Only the first chunk waits for entries to arrive."""
+        entries: list[StreamEntry] = []
+        frame_bytes = 0
+        while len(entries) < self.batch_size and frame_bytes < self.batch_bytes:
+            fitting = (self.batch_bytes - frame_bytes) // self._frame_size
+            count = max(1, min(self._chunk, self.batch_size - len(entries), fitting))
+            block = None if entries else self.block_ms
+            chunk = self._with_redis(functools.partial(self._xreadgroup, ">", count=count, block=block))
+            if not chunk:
+                break
+            chunk_bytes = sum(len(fields.get(b"frame", b"")) for _, fields in chunk if fields is not None)
+            self._frame_size = max(1, chunk_bytes // len(chunk))
+            entries += chunk
+            frame_bytes += chunk_bytes
+            if len(chunk) < count:  # nothing more is waiting
+                break
+        return entries
+
+    def _xreadgroup(self, start: str, *, count: int, block: int | None) -> list[StreamEntry]:
         try:
             reply = self.client.xreadgroup(redis_store.CONSUMER_GROUP, self.consumer,
-                                           {redis_store.events_stream(): start}, count=self._read_count,
+                                           {redis_store.events_stream(): start}, count=count,
                                            block=block)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -362,18 +387,22 @@ class Worker:
             return []
         return [(entry_id, fields or None) for entry_id, fields in reply[0][1]]
 
-    def _autoclaim(self) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    def _autoclaim(self) -> list[StreamEntry]:
         try:
             reply = self.client.xautoclaim(redis_store.events_stream(), redis_store.CONSUMER_GROUP,
                                            self.consumer, self.claim_idle_ms, start_id=self._claim_from,
-                                           count=self._read_count)
+                                           count=self._chunk)
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             stream.ensure_group(self.client)
             return []
         next_id, claimed = reply[0], reply[1]
-        self._claim_from = next_id.decode() if isinstance(next_id, bytes) else next_id
+        self._claim_from = _text(next_id)
+        if self._claim_from != "0-0":
+            # The scan of the pending entries has not come round (each call covers ten times its count, and
+            # several workers can leave thousands pending): go on at the next read, not in seconds.
+            self._next_claim = 0.0
         if claimed:
             logger.info("worker %s claimed %d entries idle for over %d ms", self.consumer, len(claimed),
                         self.claim_idle_ms)
