@@ -408,27 +408,35 @@ def main() -> None:
 
 ANALYSIS = """\
 What sets the rate (profiled with py-spy, auto_explain, gc callbacks and the CPU time of each thread;
-compare CPU per event rather than wall-clock rates across sessions: this host's speed changes between
-them, and the same commit ran at 5,775 events/s on a slower day):
+compare CPU per event rather than wall-clock rates across sessions: the host changes between them, and
+the fourth session's final commit, in batches of 1000, ran at 5,775 events/s on its slower host and at
+12,776 on this one):
 
 - Batch size. One batch is one transaction, read, indexed and acknowledged in turn: the reader thread
   parses the next batch meanwhile, but the main thread's SQL building, its PostgreSQL round trips, the
   commit and the acknowledgement follow one another. Each batch also costs PostgreSQL the same
   statements (planned afresh: custom plans) and one lock and one count update per actor or post it
-  touches, however many of its events name them. Larger batches spread both. Measured on this host
-  (100,000 events, 3 runs each, median): batches of 1000, 2000, 3000, 5000 gave 12,776, 16,273, 17,277,
-  18,400 events/s, with PostgreSQL at 44, 35, 32, 31 µs per event and the worker at 45, 41, 40, 40 µs
-  per event, peak RSS 83, 97, 109, 136 MB. With 100,000 actors instead of the simulator's 5,000 (far
-  fewer events per actor in a batch: `--actors 100000`): 11,489, 15,194, 16,894 events/s for 1000,
-  3000, 5000, PostgreSQL 53, 39, 35 µs per event, RSS 89, 116, 143 MB. So run_worker now reads up to
-  5000 entries per batch (WORKER_BATCH_SIZE). A batch is what is waiting, up to that: at the live
-  firehose's rate batches stay small and latency low; large batches happen when there is a backlog,
-  which is when throughput matters. After large frames, fewer entries are read (at most 16 MB of frames
-  per batch), so memory stays bounded whatever the relay sends.
+  touches, however many of its events name them. Larger batches spread both. A sweep on this host
+  (100,000 events, 3 runs each, median; one read per batch then): batches of 1000, 2000, 3000, 5000
+  gave 12,776, 16,273, 17,277, 18,400 events/s, with PostgreSQL at 44, 35, 32, 31 µs per event and the
+  worker at 45, 41, 40, 40 µs per event, peak RSS 83, 97, 109, 136 MB. With 100,000 actors instead of
+  the simulator's 5,000 (far fewer events per actor in a batch: `--actors 100000`): 11,489, 15,194,
+  16,894 events/s for 1000, 3000, 5000, PostgreSQL 53, 39, 35 µs per event, RSS 89, 116, 143 MB. So
+  run_worker now takes up to 5000 entries per batch (WORKER_BATCH_SIZE). A batch is what is waiting,
+  up to that: at the live firehose's rate batches stay small and latency low; large batches happen
+  under a backlog, which is when throughput matters.
+- Memory. What a batch holds follows its bytes more than its count: a record's text is in the frame,
+  the decoded record, the stored JSON and the statement's parameters. `bench/worker_memory.py` drains
+  posts with long texts. Read 5000 at a time, posts with 3 kB texts (the longest a post may have)
+  peaked at 323 MB (119 MB in batches of 1000), and 20 kB records at 680 MB. So a batch's new entries are
+  now read in chunks of 500 until 5000 entries or 6 MB of frames, the chunks shrinking once frames are
+  seen to be large: 163 MB for the 3 kB texts (122 MB in batches of 1000), 143 MB for the 20 kB records.
+  The simulator's frames (0.9 kB on average) still make full batches.
 - The ceiling: the "ceiling of these 2 cores" row is the rate the measured CPU per event (worker plus
-  its PostgreSQL backend, Redis left out) would allow if both cores were busy all the time. The worker
-  process is bound by its own GIL and keeps 55-80% of one core busy; more worker processes add up (see
-  the end-to-end figures) until PostgreSQL and lock waits on popular actors are the limit.
+  its PostgreSQL backend, Redis left out) would allow if both cores were busy all the time. Below it,
+  the worker waits on PostgreSQL and PostgreSQL on the worker's Python, one batch step after another;
+  the worker process cannot use more than one core (its GIL). More worker processes add up (see the
+  end-to-end figures) until PostgreSQL and lock waits on popular actors are the limit.
 - Half the COPY rate is not reached, and not near: COPY writes finished rows into the tables, at
   about 90,000-100,000 events/s on this host. It skips what makes the index exact and order
   independent: the newer-seq check of every upsert, the tombstone and purge checks, the actor-row locks
