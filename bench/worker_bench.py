@@ -167,7 +167,9 @@ class PostgresProcesses:
     def scan(self) -> None:
         """Classifies the processes started since the last scan and forgets those that ended. Safe to call
         from two threads (e2e's sampler and its main thread)."""
-        for pid in psutil.pids():
+        pids = psutil.pids()
+        self._settled &= set(pids)  # a pid freed by an ended process may come back as a new backend
+        for pid in pids:
             if pid not in self._settled:
                 self._classify(pid)
         for found in (self.backends, self.background):

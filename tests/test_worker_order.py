@@ -134,8 +134,23 @@ def test_it_goes_on_claiming_at_once_while_its_scan_of_the_pending_entries_has_n
     push(client, frames()[:40])
     client.xreadgroup(redis_store.CONSUMER_GROUP, "dead", {redis_store.events_stream(): ">"}, count=40)
     time.sleep(1.1)
-    # A count of 1 (as after large frames): each XAUTOCLAIM scans ten pending entries and claims one.
+    # Batches of one: each XAUTOCLAIM claims one entry and leaves its cursor just after it.
     worker = make_worker("alive", batch_size=1, claim_idle_ms=1000)
     assert [worker.step() for _ in range(5)] == [1] * 5
     assert worker.stats.processed == 5
     assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 35
+
+
+def test_it_starts_its_scan_of_the_pending_entries_over_after_a_claim_that_found_nothing() -> None:
+    client = redis_store.connect()
+    push(client, frames()[:60])
+    client.xreadgroup(redis_store.CONSUMER_GROUP, "dead", {redis_store.events_stream(): ">"}, count=4)
+    client.xreadgroup(redis_store.CONSUMER_GROUP, "busy", {redis_store.events_stream(): ">"}, count=56)
+    # Batches of two: each XAUTOCLAIM scans twenty pending entries. Nothing is idle yet, nothing is new.
+    worker = make_worker("alive", batch_size=2, claim_idle_ms=1000)
+    assert worker.read_batch() is None
+    time.sleep(1.1)
+    # Had the scan gone on from where it stopped, it would have claimed entries 21 and 22.
+    batch = worker.read_batch()
+    assert batch is not None
+    assert [event.seq for event in batch.events] == [1, 2]

@@ -247,7 +247,7 @@ class Worker:
         self.consumer = consumer
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
-        self._chunk = min(read_chunk, batch_size)  # entries per read: own pending entries and claims take one
+        self._chunk = min(read_chunk, batch_size)  # most entries per read; own pending entries and claims: one read
         self._frame_size = 1  # average frame size of the last chunk read (bytes)
         self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
@@ -340,7 +340,9 @@ class Worker:
         now = time.monotonic()
         if self._own_pending_from is not None:
             start = self._own_pending_from
-            entries = self._with_redis(lambda: self._xreadgroup(start, count=self._chunk, block=None))
+            count = self._chunk_count(self.batch_size, self.batch_bytes)
+            entries = self._with_redis(lambda: self._xreadgroup(start, count=count, block=None))
+            self._frame_bytes(entries)
             if entries:
                 self._own_pending_from = _text(entries[-1][0])
                 return entries, self._deliveries(entries)
@@ -358,19 +360,33 @@ class Worker:
         entries: list[StreamEntry] = []
         frame_bytes = 0
         while len(entries) < self.batch_size and frame_bytes < self.batch_bytes:
-            fitting = (self.batch_bytes - frame_bytes) // self._frame_size
-            count = max(1, min(self._chunk, self.batch_size - len(entries), fitting))
+            count = self._chunk_count(self.batch_size - len(entries), self.batch_bytes - frame_bytes)
             block = None if entries else self.block_ms
-            chunk = self._with_redis(functools.partial(self._xreadgroup, ">", count=count, block=block))
+            try:
+                chunk = self._with_redis(functools.partial(self._xreadgroup, ">", count=count, block=block))
+            except Abandon:
+                if entries:  # delivered to this worker: part of its batch, pending until indexed
+                    break
+                raise
             if not chunk:
                 break
-            chunk_bytes = sum(len(fields.get(b"frame", b"")) for _, fields in chunk if fields is not None)
-            self._frame_size = max(1, chunk_bytes // len(chunk))
             entries += chunk
-            frame_bytes += chunk_bytes
+            frame_bytes += self._frame_bytes(chunk)
             if len(chunk) < count:  # nothing more is waiting
                 break
         return entries
+
+    def _chunk_count(self, entries_left: int, bytes_left: int) -> int:
+        """How many entries the next read asks for: a chunk, or less when the batch has room for less,
+        counting frames at the size of the last ones read."""
+        return max(1, min(self._chunk, entries_left, bytes_left // self._frame_size))
+
+    def _frame_bytes(self, entries: list[StreamEntry]) -> int:
+        """The frame bytes of these entries; notes their average size for the next reads."""
+        size = sum(len(fields.get(b"frame", b"")) for _, fields in entries if fields is not None)
+        if entries:
+            self._frame_size = max(1, size // len(entries))
+        return size
 
     def _xreadgroup(self, start: str, *, count: int, block: int | None) -> list[StreamEntry]:
         try:
@@ -391,18 +407,23 @@ class Worker:
         try:
             reply = self.client.xautoclaim(redis_store.events_stream(), redis_store.CONSUMER_GROUP,
                                            self.consumer, self.claim_idle_ms, start_id=self._claim_from,
-                                           count=self._chunk)
+                                           count=self._chunk_count(self.batch_size, self.batch_bytes))
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             stream.ensure_group(self.client)
             return []
         next_id, claimed = reply[0], reply[1]
-        self._claim_from = _text(next_id)
-        if self._claim_from != "0-0":
-            # The scan of the pending entries has not come round (each call covers ten times its count, and
-            # several workers can leave thousands pending): go on at the next read, not in seconds.
+        # Each call scans at most ten times its count. After a claim, the scan goes on at the next read
+        # (more of the dead worker's entries may follow). After a scan that found nothing idle, the next
+        # one starts over: a dead worker's entries are the oldest pending ones, and under a backlog the
+        # live workers' entries pile up behind them faster than a cursor chasing them would come round.
+        if claimed and _text(next_id) != "0-0":
+            self._claim_from = _text(next_id)
             self._next_claim = 0.0
+        else:
+            self._claim_from = "0-0"
+        self._frame_bytes(claimed)
         if claimed:
             logger.info("worker %s claimed %d entries idle for over %d ms", self.consumer, len(claimed),
                         self.claim_idle_ms)
