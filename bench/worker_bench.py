@@ -69,13 +69,20 @@ def recreate_database() -> None:
 
 
 def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
+    from firehose.simulation import SyntheticFirehose
+
+    frames = list(SyntheticFirehose(seed=seed, start_seq=1, actors=actors).frames(events))
+    push_frames(frames)
+    return frames
+
+
+def push_frames(frames: list[tuple[int, bytes]]) -> None:
+    """Adds the frames to firehose:events as run_firehose would, 5000 to a pipeline."""
     from appview import redis_store
     from firehose import stream, wire
-    from firehose.simulation import SyntheticFirehose
 
     client = redis_store.connect()
     stream.ensure_group(client)
-    frames = list(SyntheticFirehose(seed=seed, start_seq=1, actors=actors).frames(events))
     now = int(time.time() * 1000)
     for start in range(0, len(frames), 5000):
         pipe = client.pipeline(transaction=False)
@@ -84,7 +91,6 @@ def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
             pipe.xadd(redis_store.events_stream(), {"seq": seq, "t": event.type, "did": event.did, "frame": frame,
                                                     "received_at": now}, id=f"{seq}-0")
         pipe.execute()
-    return frames
 
 
 def run_worker(batch_size: int) -> tuple[float, float, float]:

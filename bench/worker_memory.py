@@ -10,55 +10,30 @@ at the end), as bench/worker_bench.py does, and prints the worker's peak RSS and
 
 import argparse
 import sys
-import time
 import uuid
 from pathlib import Path
 
-import libipld
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.worker_bench import BENCH_DB, admin_sql, recreate_database, remove_keys, run_worker, setup_environment
+from bench.worker_bench import (
+    BENCH_DB,
+    admin_sql,
+    push_frames,
+    recreate_database,
+    remove_keys,
+    run_worker,
+    setup_environment,
+)
 
-DID = "did:plc:44ybard66vv44zksje25o7dz"
-REV = "3lmxjza3h2i27"
 
-
-def post_frame(seq: int, text: str) -> bytes:
-    from firehose import wire
+def post_frames(events: int, text_bytes: int) -> list[tuple[int, bytes]]:
+    """Single-post commits of one account, seqs 1 to ``events``."""
     from firehose.simulation import tid
+    from tests.worker_helpers import WHEN, commit_frame
 
-    record = libipld.encode_dag_cbor({"$type": "app.bsky.feed.post", "text": text,
-                                      "createdAt": "2025-01-01T00:00:00.000Z"})
-    commit = libipld.encode_dag_cbor({"did": DID, "version": 3, "rev": REV})
-    root = wire.cid_for_block(commit)
-    body = {"seq": seq, "rebase": False, "tooBig": False, "repo": DID, "commit": root, "rev": REV,
-            "since": None, "blocks": wire.encode_car([root], [commit, record]), "blobs": [],
-            "ops": [{"action": "create", "path": f"app.bsky.feed.post/{tid(seq, 0)}",
-                     "cid": wire.cid_for_block(record)}],
-            "time": "2025-01-01T00:00:00.000Z"}
-    return wire.encode_frame({"op": 1, "t": "#commit"}, body)
-
-
-def fill_stream(events: int, text_bytes: int) -> float:
-    """Pushes the posts; returns the average frame size in bytes."""
-    from appview import redis_store
-    from firehose import stream
-
-    client = redis_store.connect()
-    stream.ensure_group(client)
-    text = "y" * text_bytes
-    total = 0
-    now = int(time.time() * 1000)
-    for start in range(1, events + 1, 1000):
-        pipe = client.pipeline(transaction=False)
-        for seq in range(start, min(start + 1000, events + 1)):
-            frame = post_frame(seq, text)
-            total += len(frame)
-            pipe.xadd(redis_store.events_stream(), {"seq": seq, "t": "#commit", "did": DID, "frame": frame,
-                                                    "received_at": now}, id=f"{seq}-0")
-        pipe.execute()
-    return total / events
+    record = {"$type": "app.bsky.feed.post", "text": "y" * text_bytes, "createdAt": WHEN}
+    return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.post/{tid(seq, 0)}", record)]))
+            for seq in range(1, events + 1)]
 
 
 def main() -> None:
@@ -79,7 +54,9 @@ def main() -> None:
     client = redis_store.connect()
     recreate_database()
     try:
-        frame_size = fill_stream(args.events, args.text_bytes)
+        frames = post_frames(args.events, args.text_bytes)
+        frame_size = sum(len(frame) for _, frame in frames) / len(frames)
+        push_frames(frames)
         elapsed, rate, rss = run_worker(batch_size)
     finally:
         remove_keys(client)

@@ -418,11 +418,9 @@ class Worker:
         # (more of the dead worker's entries may follow). After a scan that found nothing idle, the next
         # one starts over: a dead worker's entries are the oldest pending ones, and under a backlog the
         # live workers' entries pile up behind them faster than a cursor chasing them would come round.
-        if claimed and _text(next_id) != "0-0":
-            self._claim_from = _text(next_id)
+        self._claim_from = _text(next_id) if claimed else "0-0"
+        if self._claim_from != "0-0":
             self._next_claim = 0.0
-        else:
-            self._claim_from = "0-0"
         self._frame_bytes(claimed)
         if claimed:
             logger.info("worker %s claimed %d entries idle for over %d ms", self.consumer, len(claimed),
