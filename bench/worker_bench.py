@@ -79,18 +79,11 @@ def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
 def push_frames(frames: list[tuple[int, bytes]]) -> None:
     """Adds the frames to firehose:events as run_firehose would, 5000 to a pipeline."""
     from appview import redis_store
-    from firehose import stream, wire
+    from tests.worker_helpers import push
 
     client = redis_store.connect()
-    stream.ensure_group(client)
-    now = int(time.time() * 1000)
     for start in range(0, len(frames), 5000):
-        pipe = client.pipeline(transaction=False)
-        for seq, frame in frames[start:start + 5000]:
-            event = wire.event_of(wire.decode_frame(frame))
-            pipe.xadd(redis_store.events_stream(), {"seq": seq, "t": event.type, "did": event.did, "frame": frame,
-                                                    "received_at": now}, id=f"{seq}-0")
-        pipe.execute()
+        push(client, frames[start:start + 5000])
 
 
 def run_worker(batch_size: int) -> tuple[float, float, float]:
