@@ -18,4 +18,4 @@ RUN SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0
 
 USER appview
 EXPOSE 5002
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "5002", "--proxy-headers", "appview.asgi:application"]
+CMD ["daphne", "--bind", "0.0.0.0", "--port", "5002", "--proxy-headers", "config.asgi:application"]

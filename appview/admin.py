@@ -24,13 +24,13 @@ from appview.models import (
     RECORD_MODELS,
     Actor,
     GenericRecord,
-    IndexCursor,
     Like,
     Post,
     RecordTombstone,
     Repost,
 )
 from appview.selectors import estimated_rows
+from pipeline.models import IndexCursor
 
 EXACT_COUNT_LIMIT = 100_000
 

@@ -1,5 +1,5 @@
-"""The AppView schema: actors, one table per indexed collection, a generic record table,
-tombstones that keep deletes ordered, and the durable firehose cursor.
+"""The AppView schema: actors, one table per indexed collection, a generic record table, tombstones
+that keep deletes ordered, and the ledger of row counts (the durable cursor is ``pipeline.models``).
 
 Every record row carries ``seq``, the relay seq of the event that last wrote it. Writes only apply
 when their seq is newer than the row's and than any tombstone for the same URI, which is what makes
@@ -311,17 +311,6 @@ class RecordTombstone(models.Model):
 
     def __str__(self) -> str:
         return self.uri
-
-
-class IndexCursor(models.Model):
-    """The durable cursor: every event at or below ``seq`` has its effects committed here."""
-
-    name = models.TextField(primary_key=True)
-    seq = models.BigIntegerField(default=0)
-    updated_at = models.DateTimeField(db_default=Now())
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.seq}"
 
 
 class RowCountDelta(models.Model):

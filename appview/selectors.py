@@ -4,9 +4,9 @@ and the cluster:metrics counters (SPEC section 4, ``index_stats``; the dashboard
 from django.db import connection
 from django.db.models import Count, Sum
 
-from appview import redis_store
-from appview.indexing.services import FIREHOSE_CURSOR
-from appview.models import RECORD_MODELS, Actor, ActorStatus, IndexCursor, RowCountDelta
+from appview.models import RECORD_MODELS, Actor, ActorStatus, RowCountDelta
+from pipeline import redis_store
+from pipeline.cursor import read_durable_cursor
 
 
 def record_counts() -> dict[str, int]:
@@ -48,10 +48,6 @@ def estimated_rows(table: str) -> int:
     return max(int(row[0]), 0) if row else 0
 
 
-def cursor_seq() -> int | None:
-    return IndexCursor.objects.filter(name=FIREHOSE_CURSOR).values_list("seq", flat=True).first()
-
-
 def cluster_metrics() -> dict[str, int]:
     raw = redis_store.connect().hgetall(redis_store.cluster_metrics())
     metrics: dict[str, int] = {}
@@ -68,6 +64,6 @@ def index_stats() -> dict[str, object]:
     return {
         "records": record_counts(),
         "actors": actor_counts(),
-        "cursor": cursor_seq(),
+        "cursor": read_durable_cursor(),
         "metrics": cluster_metrics(),
     }

@@ -4,7 +4,7 @@
 
 Each phase gets a throwaway redis-server and a fresh migrated database on the machine's PostgreSQL
 (copied from one migrated template, all dropped at exit), and starts the real commands through
-``tests.harness.Pipeline``:
+``harness.Pipeline``:
 
 1. Throughput (catch-up), once per ``--workers`` count: ``run_relay_sim`` replays a recording of
    ``--events`` synthetic events as fast as it can send them (the recording is made once and cached in
@@ -57,8 +57,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
 from bench.worker_bench import PostgresProcesses, copy_ceiling, naive_index  # noqa: E402
-from tests.harness.processes import Pipeline, PipelineError, Service, wait_until  # noqa: E402
-from tests.harness.servers import (  # noqa: E402
+from harness.processes import Pipeline, PipelineError, Service, wait_until  # noqa: E402
+from harness.servers import (  # noqa: E402
     RedisServer,
     connect,
     database_name,
@@ -197,7 +197,7 @@ class Sampler:
         # is not one of the phase database's backends whose CPU and states are measured.
         self._pg_admin = connect(shared_admin_url())
         self._postgres = PostgresProcesses(self.database)
-        from appview import redis_store
+        from pipeline import redis_store
 
         self._metrics_key = redis_store.cluster_metrics()
         self._stream_key = redis_store.events_stream()
@@ -293,7 +293,7 @@ def cpu_shares(start: CpuSnapshot, end: CpuSnapshot) -> dict[str, float]:
 
 
 def read_latency(client: redis.Redis) -> dict[str, int]:
-    from appview import redis_store
+    from pipeline import redis_store
 
     raw = client.hgetall(redis_store.latency_histogram())
     return {key.decode(): int(value) for key, value in raw.items()}
@@ -588,7 +588,7 @@ def measure(phase: Phase, pipeline: Pipeline, sampler: Sampler, seconds: float, 
 
 
 def read_total(pipeline: Pipeline) -> int:
-    from appview import redis_store
+    from pipeline import redis_store
 
     with pipeline.redis() as client:
         return int(client.hget(redis_store.cluster_metrics(), "totalEvents") or 0)
@@ -597,7 +597,7 @@ def read_total(pipeline: Pipeline) -> int:
 def profile_slowest(pipeline: Pipeline, sampler: Sampler, *, seconds: float, output: Path) -> Profile:
     """Profiles the workers when the stream backs up behind them (they are the slowest stage), else
     run_firehose; the choice and its reason go into the report."""
-    from appview import redis_store
+    from pipeline import redis_store
 
     with pipeline.redis() as client:
         backlog = int(client.xlen(redis_store.events_stream()))
@@ -679,7 +679,7 @@ def copy_baseline(database_url: str, events: int) -> Baseline:
 
 def naive_baseline(ctx: Context, *, seed: int, events: int) -> Baseline:
     """The common approach on the first ``events`` events of the same recording, in an empty database."""
-    from firehose.simulation import SyntheticFirehose
+    from relaysim.simulation import SyntheticFirehose
 
     frames = list(SyntheticFirehose(seed=seed).frames(events))  # byte for byte the recording's first frames
     print(f"  naive indexer: {events:,} events, one transaction each", flush=True)
@@ -952,7 +952,7 @@ def main() -> None:
     events = options.events or int((options.warmup + options.seconds + options.profile_seconds + 10) * SIZING_RATE)
 
     os.environ["REDIS_KEY_PREFIX"] = f"e2e-{uuid.uuid4().hex[:6]}:"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
     django.setup()
@@ -993,7 +993,7 @@ def main() -> None:
 
 def ensure_recording(events: int, seed: int) -> Path:
     """The recording of ``events`` synthetic events of ``seed``, made once and kept in bench/output/."""
-    from firehose.simulation import SyntheticFirehose, write_recording
+    from relaysim.simulation import SyntheticFirehose, write_recording
 
     path = OUTPUT_DIR / "cache" / f"synthetic-seed{seed}-{events}.frames"
     if path.exists():

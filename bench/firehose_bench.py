@@ -71,15 +71,15 @@ def main() -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     env = {**os.environ, "REDIS_KEY_PREFIX": prefix, "STREAM_HIGH_WATER": str(options.events + 100_000),
            "LOG_LEVEL": "INFO"}
-    env.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     sys.path.insert(0, str(BASE_DIR))
     # Django is set up only now, so that redis_store's key names here carry the benchmark's prefix.
     os.environ.update({"REDIS_KEY_PREFIX": prefix})
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
 
     django.setup()
-    from appview import redis_store
+    from pipeline import redis_store
 
     client = redis_store.connect()
     logs = Path(tempfile.mkdtemp(prefix="firehose-bench-"))

@@ -31,22 +31,22 @@ import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 import django  # noqa: E402
 
 django.setup()
 
-from appview import redis_store  # noqa: E402
-from tests.harness import compare  # noqa: E402
-from tests.harness.processes import Pipeline, Service  # noqa: E402
-from tests.harness.servers import (  # noqa: E402
+from harness import compare  # noqa: E402
+from harness.processes import Pipeline, Service  # noqa: E402
+from harness.servers import (  # noqa: E402
     PostgresServer,
     RedisServer,
     scratch_database,
     throwaway_postgres,
     throwaway_redis,
 )
+from pipeline import redis_store  # noqa: E402
 
 START_SEQ = 31_000_000_000
 SAMPLE_SECONDS = 5.0

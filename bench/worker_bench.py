@@ -4,7 +4,7 @@
                                            [--naive-sample 5000] [--runs 1] [--write docs/benchmarks.md]
 
 1. Fills firehose:events (a Redis key prefix of its own) with ``--events`` frames of the synthetic
-   relay (firehose.simulation.SyntheticFirehose: the realistic mix run_relay_sim serves).
+   relay (relaysim.simulation.SyntheticFirehose: the realistic mix run_relay_sim serves).
 2. Worker: ``manage.py run_worker --drain`` as a subprocess on a fresh database; events/s from its first
    acknowledged batch to its last, and its peak resident memory (psutil). With ``--runs N``, N times
    (each on a fresh database and a refilled stream): the median run is reported, with the range, since
@@ -44,7 +44,7 @@ TARGETS = {"rate": 15_000, "copy_ratio": 0.5, "naive_ratio": 10, "rss_mb": 200}
 
 
 def setup_environment(prefix: str) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_KEY_PREFIX"] = prefix
     base = os.environ.get("DATABASE_URL", "postgres://localhost:5432/appview")
     os.environ["DATABASE_URL"] = re.sub(r"/[^/]*$", f"/{BENCH_DB}", base)
@@ -69,7 +69,7 @@ def recreate_database() -> None:
 
 
 def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
-    from firehose.simulation import SyntheticFirehose
+    from relaysim.simulation import SyntheticFirehose
 
     frames = list(SyntheticFirehose(seed=seed, start_seq=1, actors=actors).frames(events))
     push_frames(frames)
@@ -78,8 +78,8 @@ def fill_stream(events: int, seed: int, actors: int) -> list[tuple[int, bytes]]:
 
 def push_frames(frames: list[tuple[int, bytes]]) -> None:
     """Adds the frames to firehose:events as run_firehose would, 5000 to a pipeline."""
-    from appview import redis_store
-    from tests.worker_helpers import push
+    from harness.events import push
+    from pipeline import redis_store
 
     client = redis_store.connect()
     for start in range(0, len(frames), 5000):
@@ -89,7 +89,7 @@ def push_frames(frames: list[tuple[int, bytes]]) -> None:
 def run_worker(batch_size: int) -> tuple[float, float, float]:
     """Seconds from start to exit, seconds from the first acknowledged batch to the last, and peak RSS in
     MB of ``run_worker --drain``."""
-    from appview import redis_store
+    from pipeline import redis_store
 
     client = redis_store.connect()
     started = time.perf_counter()
@@ -280,7 +280,7 @@ def naive_index(frames: list[tuple[int, bytes]]) -> float:
 
 
 def remove_keys(client: Any) -> None:
-    from appview import redis_store
+    from pipeline import redis_store
 
     for key in client.scan_iter(match=redis_store.key("*"), count=1000):
         client.delete(key)
@@ -317,7 +317,7 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
-    from appview import redis_store
+    from pipeline import redis_store
 
     if args.batch_size is None:
         args.batch_size = settings.WORKER_BATCH_SIZE

@@ -28,8 +28,8 @@ from bench.worker_bench import (
 
 def post_frames(events: int, text_bytes: int) -> list[tuple[int, bytes]]:
     """Single-post commits of one account, seqs 1 to ``events``."""
-    from firehose.simulation import tid
-    from tests.worker_helpers import WHEN, commit_frame
+    from harness.events import WHEN, commit_frame
+    from relaysim.simulation import tid
 
     record = {"$type": "app.bsky.feed.post", "text": "y" * text_bytes, "createdAt": WHEN}
     return [(seq, commit_frame(seq, [("create", f"app.bsky.feed.post/{tid(seq, 0)}", record)]))
@@ -48,7 +48,7 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
-    from appview import redis_store
+    from pipeline import redis_store
 
     batch_size = settings.WORKER_BATCH_SIZE if args.batch_size is None else args.batch_size
     client = redis_store.connect()

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from appview import redis_store
 from dashboard import selectors
+from pipeline import redis_store
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,11 @@ import redis
 from django.core.cache import cache
 from django.db import DatabaseError
 
-from appview import redis_store
 from appview import selectors as appview_selectors
+from pipeline import redis_store
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = ("#commit", "#identity", "#account", "#sync")
 PER_SECOND_HISTORY = 15 * 60
 PER_MINUTE_HISTORY = 24 * 60
 # The indexing rate behind "time to clear" is averaged over this many complete seconds.
@@ -117,7 +116,7 @@ def build_snapshot(*, now: float | None = None) -> Snapshot:
     records, database_available = record_counts()
     return {
         "eventsProcessed": total,
-        "eventCounts": {event_type: metrics.get(event_type, 0) for event_type in EVENT_TYPES},
+        "eventCounts": {event_type: metrics.get(event_type, 0) for event_type in redis_store.EVENT_TYPES},
         "errors": errors,
         "errorRate": errors / total if total else 0.0,
         "firehoseStatus": _firehose_status(_ok(status_raw, None), now=now),

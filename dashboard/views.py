@@ -7,8 +7,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from appview import redis_store
 from dashboard import selectors
+from pipeline import redis_store
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,10 @@ import redis
 import redis.asyncio
 from django import db
 
-from firehose import selectors, status, stream, websocket
-from firehose.wire import EVENT_TYPES, OP_ERROR, FrameError, decode_frame, event_of
+from firehose import websocket
+from pipeline import status, stream
+from pipeline.cursor import read_durable_cursor
+from protocol.frames import OP_ERROR, REPO_EVENT_TYPES, FrameError, decode_frame, event_of
 
 log = logging.getLogger("firehose")
 
@@ -377,7 +379,7 @@ class Firehose:
             if frame.op == OP_ERROR:
                 self._on_error_frame(frame.body)
                 return
-            if frame.type in EVENT_TYPES:
+            if frame.type in REPO_EVENT_TYPES:
                 event = event_of(frame)
             elif frame.type == "#info":
                 self._on_info(frame.body)
@@ -654,6 +656,6 @@ class Firehose:
 
 def _read_durable_cursor() -> int | None:
     try:
-        return selectors.durable_cursor()
+        return read_durable_cursor()
     finally:
         db.connection.close()  # this runs in a pool thread: leave no connection behind in it

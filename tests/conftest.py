@@ -1,10 +1,25 @@
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from appview import redis_store
+from pipeline import redis_store
 from tests.isolation import RUN_ID
+
+# The one path to the fixtures the tests read (copied into the repository: see its README).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SCENARIOS = FIXTURES / "relay-scenarios"
+SYNTAX = FIXTURES / "interop" / "syntax"
+
+
+def fixture_files(folder: Path, pattern: str) -> list[Path]:
+    """The fixture files in ``folder`` matching ``pattern``, sorted. None is an error, not an empty loop:
+    a test over a list that silently became empty would pass without checking anything."""
+    paths = sorted(folder.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no fixture file {pattern} in {folder}")
+    return paths
 
 
 @pytest.fixture(scope="session")

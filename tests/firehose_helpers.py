@@ -11,11 +11,11 @@ from pathlib import Path
 import redis
 from django.conf import settings
 
-from appview import redis_store
-from firehose import status
 from firehose.client import Firehose, FirehoseConfig
-from firehose.wire import FrameError, decode_frame, event_of
-from tests.harness.processes import PipelineError, Service, log_tail, wait_until
+from harness.processes import PipelineError, Service, log_tail, wait_until
+from pipeline import redis_store, status
+from protocol.frames import FrameError, decode_frame, event_of
+from tests.conftest import SCENARIOS, fixture_files
 
 LISTENING = re.compile(r"listening on (ws://\S+?)/xrpc/")
 
@@ -126,4 +126,4 @@ def accepted_events(frames: list[bytes]) -> list[tuple[int, bytes]]:
 
 
 def scenario_paths() -> list[Path]:
-    return sorted((settings.BASE_DIR.parent / "shared" / "fixtures" / "relay-scenarios").glob("*.json"))
+    return fixture_files(SCENARIOS, "*.json")

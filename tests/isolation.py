@@ -6,4 +6,4 @@ import uuid
 
 RUN_ID = uuid.uuid4().hex[:8]
 os.environ["REDIS_KEY_PREFIX"] = f"test-{RUN_ID}:"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "appview.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -6,7 +6,8 @@ from django.db import models
 from django.test import Client
 from django.urls import reverse
 
-from appview.models import RECORD_MODELS, Actor, GenericRecord, IndexCursor, Post, RecordTombstone
+from appview.models import RECORD_MODELS, Actor, GenericRecord, Post, RecordTombstone
+from pipeline.models import IndexCursor
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 ALL_MODELS: list[type[models.Model]] = [*RECORD_MODELS, GenericRecord, Actor, RecordTombstone, IndexCursor]

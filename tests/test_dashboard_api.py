@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 from django.test import Client
 
-from appview import redis_store
+from pipeline import redis_store
 
 SNAPSHOT_KEYS = {
     "eventsProcessed", "eventCounts", "errors", "errorRate", "firehoseStatus", "queue", "workers", "records",

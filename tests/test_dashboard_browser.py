@@ -22,9 +22,9 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
-from appview import redis_store
-from tests.harness.processes import Pipeline, log_tail, wait_until
-from tests.harness.servers import BASE_DIR, free_port, shared_admin_url, with_database
+from harness.processes import Pipeline, log_tail, wait_until
+from harness.servers import BASE_DIR, free_port, shared_admin_url, with_database
+from pipeline import redis_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -57,7 +57,7 @@ def pipeline(output_dir: Path) -> Iterator[Pipeline]:
 
 
 class WebServer:
-    """daphne serving appview.asgi, on a port that stays the same across restarts."""
+    """daphne serving config.asgi, on a port that stays the same across restarts."""
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
@@ -69,7 +69,7 @@ class WebServer:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), "appview.asgi:application"],
+                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), "config.asgi:application"],
                 cwd=BASE_DIR, env=self.pipeline.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         wait_until(self._healthy, timeout=30, message=lambda: f"daphne to answer:\n{log_tail(self.log_path)}")

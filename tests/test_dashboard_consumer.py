@@ -12,9 +12,9 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from appview import redis_store
-from appview.asgi import application
+from config.asgi import application
 from dashboard.broadcaster import Broadcaster
+from pipeline import redis_store
 
 LOCAL = [(b"origin", b"http://127.0.0.1:5002"), (b"host", b"127.0.0.1:5002")]
 SNAPSHOT_KEYS = {

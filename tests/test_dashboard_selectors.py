@@ -15,9 +15,9 @@ import pytest
 from django.core.cache import cache
 from django.db import connection
 
-from appview import redis_store
 from appview.models import RowCountDelta
 from dashboard import selectors
+from pipeline import redis_store
 
 NOW = 1_750_000_000.0
 

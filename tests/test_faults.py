@@ -19,13 +19,9 @@ import libipld
 import pytest
 import redis
 
-from appview import redis_store
-from firehose import syntax
-from firehose.simulation import EPOCH_US, tid, write_recording
-from firehose.wire import cid_for_block, encode_car, encode_frame
-from tests.harness import compare
-from tests.harness.processes import Pipeline, Service, wait_until
-from tests.harness.servers import (
+from harness import compare
+from harness.processes import Pipeline, Service, wait_until
+from harness.servers import (
     BASE_DIR,
     RedisServer,
     connect,
@@ -34,6 +30,12 @@ from tests.harness.servers import (
     throwaway_postgres,
     throwaway_redis,
 )
+from pipeline import redis_store
+from protocol import syntax
+from protocol.cid import cid_for_block
+from protocol.testing import encode_car, encode_frame
+from relaysim.simulation import EPOCH_US, tid, write_recording
+from tests.conftest import SYNTAX, fixture_files
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
@@ -50,7 +52,6 @@ ENV = {
     "FIREHOSE_STALL_SECONDS": "3",
     "LOG_LEVEL": "INFO",
 }
-SYNTAX_FIXTURES = BASE_DIR.parent / "shared/fixtures/interop/syntax"
 
 
 def relay_args(*extra: str, rate: float = RATE) -> list[str]:
@@ -316,9 +317,9 @@ TIME = "2025-01-01T00:00:00.000Z"
 
 def invalid_values(kind: str) -> list[str]:
     values = []
-    for path in sorted(SYNTAX_FIXTURES.glob(f"{kind}_*_invalid.txt")):
+    for path in fixture_files(SYNTAX, f"{kind}_*_invalid.txt"):
         values += [line for line in path.read_text(encoding="utf-8").split("\n") if line and not line.startswith("#")]
-    assert values, f"no invalid {kind} values in {SYNTAX_FIXTURES}"
+    assert values, f"no invalid {kind} values in {SYNTAX}"
     return values
 
 

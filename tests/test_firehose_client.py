@@ -8,9 +8,9 @@ import libipld
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from appview import redis_store
 from firehose.client import Firehose, FirehoseConfig, RelayUrlError, backoff_delay, relay_base_url, subscribe_url
-from firehose.wire import encode_frame
+from pipeline import redis_store
+from protocol.testing import encode_frame
 from tests.firehose_helpers import config, stream_seqs
 
 pytestmark = pytest.mark.timeout(30)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from appview import redis_store
-from firehose.simulation import SyntheticFirehose
+from harness.processes import Service
+from harness.servers import free_port
+from pipeline import redis_store
+from relaysim.simulation import SyntheticFirehose
 from tests.firehose_helpers import config, cursor, run_in_process, serving, stream_frames, wait_listening
-from tests.harness.processes import Service
-from tests.harness.servers import free_port
 
 SEED = 11
 START = 5_000_000_000  # above 2^32

@@ -11,13 +11,13 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from appview import redis_store
-from appview.models import IndexCursor
-from firehose.simulation import SyntheticFirehose
-from firehose.wire import decode_frame
+from harness.processes import Pipeline, log_tail, wait_until
+from harness.servers import throwaway_redis
+from pipeline import redis_store
+from pipeline.models import IndexCursor
+from protocol.frames import decode_frame
+from relaysim.simulation import SyntheticFirehose
 from tests.firehose_helpers import cursor, read_status, stream_frames, stream_length, stream_seqs, wait_listening
-from tests.harness.processes import Pipeline, log_tail, wait_until
-from tests.harness.servers import throwaway_redis
 
 START = 2**32 + 1000  # seqs beyond 32 bits
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from appview import redis_store
-from firehose.simulation import load_replay
+from harness.processes import Service
+from harness.servers import free_port
+from pipeline import redis_store
+from relaysim.simulation import load_replay
 from tests.firehose_helpers import (
     accepted_events,
     config,
@@ -18,8 +20,6 @@ from tests.firehose_helpers import (
     serving,
     stream_frames,
 )
-from tests.harness.processes import Service
-from tests.harness.servers import free_port
 
 SCENARIOS = scenario_paths()
 

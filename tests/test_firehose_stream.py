@@ -8,8 +8,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from appview import redis_store
-from firehose import stream
+from pipeline import redis_store, stream
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,7 +11,7 @@ def test_it_reports_both_stores_healthy() -> None:
 
 @pytest.mark.django_db
 def test_it_reports_unreachable_redis(settings: pytest.FixtureRequest) -> None:
-    from appview import redis_store
+    from pipeline import redis_store
 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     redis_store.connect.cache_clear()

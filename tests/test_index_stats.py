@@ -6,11 +6,13 @@ import json
 import pytest
 from django.core.management import call_command
 
-from appview import redis_store
 from appview.indexing import services
 from appview.models import RECORD_MODELS, RowCountDelta
-from firehose.scenarios import load_scenario
-from tests.worker_helpers import DID, SCENARIOS, commit_frame, drain, event_frame, push
+from harness.events import DID, commit_frame, push
+from pipeline import redis_store
+from relaysim.scenarios import load_scenario
+from tests.conftest import SCENARIOS
+from tests.worker_helpers import drain, event_frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

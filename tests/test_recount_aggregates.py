@@ -6,10 +6,11 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from appview import redis_store
 from appview.models import Actor, Post
-from firehose.simulation import SyntheticFirehose
-from tests.worker_helpers import assert_aggregates_match_rows, drain, push
+from harness.events import push
+from pipeline import redis_store
+from relaysim.simulation import SyntheticFirehose
+from tests.worker_helpers import assert_aggregates_match_rows, drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

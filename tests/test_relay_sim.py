@@ -23,29 +23,23 @@ from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from firehose import syntax
-from firehose.relay_server import PATH, Faults, RelayOptions, RelaySimulator
-from firehose.scenarios import load_scenario
-from firehose.simulation import (
+from protocol import syntax
+from protocol.car import block_spans
+from protocol.cid import cid_for_block
+from protocol.commit import commit_ops
+from protocol.frames import MAX_FRAME_BYTES, Frame, FrameError, decode_frame, event_of
+from protocol.testing import car_of_cids, encode_car
+from relaysim.relay_server import PATH, Faults, RelayOptions, RelaySimulator
+from relaysim.scenarios import load_scenario
+from relaysim.simulation import (
     MALFORMED_KINDS,
     SyntheticFirehose,
-    fast_car,
     load_replay,
     read_recording,
     write_recording,
 )
-from firehose.wire import (
-    MAX_FRAME_BYTES,
-    Frame,
-    FrameError,
-    cid_for_block,
-    commit_ops,
-    decode_frame,
-    encode_car,
-    event_of,
-)
+from tests.conftest import SCENARIOS, fixture_files
 
-SCENARIOS = Path(settings.BASE_DIR).parent / "shared" / "fixtures" / "relay-scenarios"
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 Entries = list[tuple[int, bytes]]
 
@@ -147,10 +141,12 @@ def test_it_builds_commits_whose_cids_match_their_blocks() -> None:
     assert commits > 4500
 
 
-def test_it_writes_the_same_car_bytes_as_wire_encode_car() -> None:
+def test_it_writes_car_files_that_the_reader_takes_back_block_for_block() -> None:
     blocks = [libipld.encode_dag_cbor({"n": n, "pad": "x" * n}) for n in (1, 200, 20_000)]
     pairs = [(cid_for_block(block), block) for block in blocks]
-    assert fast_car(pairs[0][0], pairs) == encode_car([pairs[0][0]], blocks)
+    car = car_of_cids([pairs[0][0]], pairs)
+    assert car == encode_car([pairs[0][0]], blocks)
+    assert {cid: car[start:end] for cid, (start, end) in block_spans(car).items()} == dict(pairs)
 
 
 def test_it_deletes_and_updates_only_records_created_earlier() -> None:
@@ -414,7 +410,7 @@ def test_it_waits_for_the_slowest_client_at_rate_zero() -> None:
     assert run(scenario()) == [frame for _, frame in entries]
 
 
-@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.json")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", fixture_files(SCENARIOS, "*.json"), ids=lambda path: path.stem)
 def test_it_replays_each_fixture_scenario(path: Path) -> None:
     messages = load_scenario(path)
     forwarded = [message.frame for message in messages if not message.dropped]

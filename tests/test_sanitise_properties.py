@@ -15,7 +15,7 @@ from appview.indexing import sanitize
 from appview.indexing.collections import TABLE_BY_COLLECTION
 from appview.indexing.sanitize import Fields, RecordError
 from appview.indexing.tables import TableSpec
-from firehose import syntax
+from protocol import syntax
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPECS = sorted(TABLE_BY_COLLECTION.values(), key=lambda spec: spec.collection)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from appview.env import ConfigError, env_bool, env_database_url, env_int
+from config.env import ConfigError, env_bool, env_database_url, env_int
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firehose import syntax
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "interop" / "syntax"
+from protocol import syntax
+from tests.conftest import SYNTAX, fixture_files
 
 CHECKS: dict[str, Callable[[object], bool]] = {
     "atidentifier": syntax.is_at_identifier,
@@ -32,7 +30,7 @@ ALL_CHECKS = sorted(CHECKS.items())
 
 def _fixture_cases() -> list[pytest.param]:
     cases = []
-    for path in sorted(FIXTURES.glob("*.txt")):
+    for path in fixture_files(SYNTAX, "*.txt"):
         kind = path.name.split("_", 1)[0]
         expected = path.name.endswith("_valid.txt")
         for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):

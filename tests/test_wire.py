@@ -3,10 +3,14 @@ from pathlib import Path
 import libipld
 import pytest
 
-from firehose import wire
-from firehose.scenarios import load_scenario
+from protocol.cid import cid_for_block
+from protocol.commit import commit_ops
+from protocol.frames import MAX_BLOCKS_BYTES, MAX_OPS, FrameError, RepoEvent, decode_frame, event_of
+from protocol.testing import encode_car, encode_frame
+from relaysim.scenarios import load_scenario
+from tests.conftest import SCENARIOS, fixture_files
 
-SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "shared/fixtures/relay-scenarios").glob("*.json"))
+SCENARIO_FILES = fixture_files(SCENARIOS, "*.json")
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
 
 
@@ -16,29 +20,29 @@ def commit_frame(**overrides: object) -> bytes:
         "seq": 31_000_000_001,
         "repo": DID,
         "rev": "3kabcdefghij2",
-        "blocks": wire.encode_car([wire.cid_for_block(record)], [record]),
-        "ops": [{"action": "create", "path": "app.bsky.feed.like/3kabc", "cid": wire.cid_for_block(record)}],
+        "blocks": encode_car([cid_for_block(record)], [record]),
+        "ops": [{"action": "create", "path": "app.bsky.feed.like/3kabc", "cid": cid_for_block(record)}],
         "time": "2024-01-01T00:00:00.000Z",
     }
     body.update(overrides)
-    return wire.encode_frame({"op": 1, "t": "#commit"}, body)
+    return encode_frame({"op": 1, "t": "#commit"}, body)
 
 
-@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", SCENARIO_FILES, ids=lambda p: p.stem)
 def test_it_decodes_every_fixture_frame(path: Path) -> None:
     for message in load_scenario(path):
-        frame = wire.decode_frame(message.frame)
-        event = wire.event_of(frame)
+        frame = decode_frame(message.frame)
+        event = event_of(frame)
         assert (event.seq, event.type) == (message.seq, message.type)
         if event.type == "#commit":
-            ops = wire.commit_ops(frame.body)
+            ops = commit_ops(frame.body)
             assert ops and all(op.record is not None for op in ops if op.action != "delete")
 
 
 def test_it_reads_seqs_above_32_bits_and_records_from_blocks() -> None:
-    frame = wire.decode_frame(commit_frame())
-    assert wire.event_of(frame) == wire.Event(seq=31_000_000_001, type="#commit", did=DID)
-    (op,) = wire.commit_ops(frame.body)
+    frame = decode_frame(commit_frame())
+    assert event_of(frame) == RepoEvent(seq=31_000_000_001, type="#commit", did=DID)
+    (op,) = commit_ops(frame.body)
     assert op.uri(DID) == f"at://{DID}/app.bsky.feed.like/3kabc"
     assert op.cid is not None and op.cid.startswith("bafyrei")
     assert op.record == {"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00Z"}
@@ -56,13 +60,13 @@ def test_it_reads_seqs_above_32_bits_and_records_from_blocks() -> None:
     ],
 )
 def test_it_rejects_undecodable_frames_with_one_clear_error(data: bytes, message: str) -> None:
-    with pytest.raises(wire.FrameError, match=message):
-        wire.decode_frame(data)
+    with pytest.raises(FrameError, match=message):
+        decode_frame(data)
 
 
 def test_it_rejects_oversize_frames_before_decoding() -> None:
-    with pytest.raises(wire.FrameError, match="exceeds the limit"):
-        wire.decode_frame(b"\x00" * 101, max_bytes=100)
+    with pytest.raises(FrameError, match="exceeds the limit"):
+        decode_frame(b"\x00" * 101, max_bytes=100)
 
 
 @pytest.mark.parametrize(
@@ -73,14 +77,14 @@ def test_it_rejects_oversize_frames_before_decoding() -> None:
         ({"seq": 0}, "seq must be a positive 64-bit integer"),
         ({"repo": "not a did"}, "invalid repo DID"),
         ({"blocks": "text"}, "blocks must be bytes"),
-        ({"blocks": b"\x00" * (wire.MAX_BLOCKS_BYTES + 1)}, "exceed"),
+        ({"blocks": b"\x00" * (MAX_BLOCKS_BYTES + 1)}, "exceed"),
         ({"ops": {"a": 1}}, "ops must be a list"),
-        ({"ops": [{}] * (wire.MAX_OPS + 1)}, "more than 200"),
+        ({"ops": [{}] * (MAX_OPS + 1)}, "more than 200"),
     ],
 )
 def test_it_checks_event_fields(overrides: dict[str, object], message: str) -> None:
-    with pytest.raises(wire.FrameError, match=message):
-        wire.event_of(wire.decode_frame(commit_frame(**overrides)))
+    with pytest.raises(FrameError, match=message):
+        event_of(decode_frame(commit_frame(**overrides)))
 
 
 @pytest.mark.parametrize(
@@ -92,18 +96,18 @@ def test_it_checks_event_fields(overrides: dict[str, object], message: str) -> N
         ([{"action": "delete", "path": "app.bsky.feed.like/.."}], "record key"),
         ([{"action": "create", "path": "app.bsky.feed.like/3kabc", "cid": None}], "no CID link"),
         (
-            [{"action": "create", "path": "app.bsky.feed.like/3kabc", "cid": wire.cid_for_block(b"other")}],
+            [{"action": "create", "path": "app.bsky.feed.like/3kabc", "cid": cid_for_block(b"other")}],
             "missing from the CAR",
         ),
     ],
 )
 def test_it_rejects_unusable_ops(ops: list[dict[str, object]], message: str) -> None:
-    frame = wire.decode_frame(commit_frame(ops=ops))
-    with pytest.raises(wire.FrameError, match=message):
-        wire.commit_ops(frame.body)
+    frame = decode_frame(commit_frame(ops=ops))
+    with pytest.raises(FrameError, match=message):
+        commit_ops(frame.body)
 
 
 def test_it_rejects_blocks_that_are_not_a_car_file() -> None:
-    frame = wire.decode_frame(commit_frame(blocks=b"\x05hello"))
-    with pytest.raises(wire.FrameError, match="not a valid CAR file"):
-        wire.commit_ops(frame.body)
+    frame = decode_frame(commit_frame(blocks=b"\x05hello"))
+    with pytest.raises(FrameError, match="not a valid CAR file"):
+        commit_ops(frame.body)

@@ -3,36 +3,49 @@ its event and its commit ops either succeeds or raises ``FrameError``; nothing e
 run_firehose or a worker."""
 
 import struct
-from pathlib import Path
 from typing import Any
 
 import libipld
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firehose import wire
-from firehose.scenarios import load_scenario
+from protocol.cid import cid_for_block
+from protocol.commit import OP_ACTIONS, commit_ops
+from protocol.frames import (
+    MAX_SEQ,
+    OP_ERROR,
+    OP_MESSAGE,
+    REPO_EVENT_TYPES,
+    Frame,
+    FrameError,
+    RepoEvent,
+    decode_frame,
+    event_of,
+)
+from protocol.testing import encode_car, encode_frame
+from relaysim.scenarios import load_scenario
+from tests.conftest import SCENARIOS, fixture_files
 
 FIXTURE_FRAMES = [
     message.frame
-    for path in sorted((Path(__file__).resolve().parents[2] / "shared/fixtures/relay-scenarios").glob("*.json"))
+    for path in fixture_files(SCENARIOS, "*.json")
     for message in load_scenario(path)
 ]
 COLLECTIONS = ("app.bsky.feed.post", "app.bsky.feed.like", "app.bsky.graph.follow", "com.example.thing")
 PROPERTY_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def read_everything(data: bytes) -> wire.Frame | None:
+def read_everything(data: bytes) -> Frame | None:
     """What run_firehose and the worker do with a frame; returns it when every step accepted it."""
     try:
-        frame = wire.decode_frame(data)
+        frame = decode_frame(data)
         if frame.is_error:
             return frame
-        event = wire.event_of(frame)
+        event = event_of(frame)
         if event.type == "#commit":
-            wire.commit_ops(frame.body)
+            commit_ops(frame.body)
         return frame
-    except wire.FrameError as exc:
+    except FrameError as exc:
         assert str(exc), "a FrameError must say what is wrong"
         return None
 
@@ -86,7 +99,7 @@ def records(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def commit_frames(draw: st.DrawFn) -> tuple[bytes, int, str, list[tuple[str, str, dict[str, Any] | None]]]:
     """A valid #commit frame, with what decoding it must give back: seq, repo and (action, path, record)."""
-    seq = draw(st.integers(1, wire.MAX_SEQ))
+    seq = draw(st.integers(1, MAX_SEQ))
     did = draw(dids)
     # A real commit's CAR always has the signed commit block as its root, even when it only deletes.
     blocks = [libipld.encode_dag_cbor({"did": did, "version": 3, "rev": draw(tids), "data": None})]
@@ -97,14 +110,14 @@ def commit_frames(draw: st.DrawFn) -> tuple[bytes, int, str, list[tuple[str, str
             record = draw(records())
             block = libipld.encode_dag_cbor(record)
             blocks.append(block)
-            ops.append({"action": "create", "path": path, "cid": wire.cid_for_block(block)})
+            ops.append({"action": "create", "path": path, "cid": cid_for_block(block)})
             expected.append(("create", path, record))
         else:
             ops.append({"action": "delete", "path": path, "cid": None})
             expected.append(("delete", path, None))
     body = {"seq": seq, "repo": did, "rev": draw(tids), "ops": ops, "time": "2024-01-01T00:00:00.000Z",
-            "blocks": wire.encode_car([wire.cid_for_block(blocks[0])], blocks)}
-    return wire.encode_frame({"op": 1, "t": "#commit"}, body), seq, did, expected
+            "blocks": encode_car([cid_for_block(blocks[0])], blocks)}
+    return encode_frame({"op": 1, "t": "#commit"}, body), seq, did, expected
 
 
 valid_frames = st.sampled_from(FIXTURE_FRAMES) | commit_frames().map(lambda generated: generated[0])
@@ -114,9 +127,9 @@ valid_frames = st.sampled_from(FIXTURE_FRAMES) | commit_frames().map(lambda gene
 @given(commit_frames())
 def test_it_reads_back_every_valid_commit(generated: tuple[bytes, int, str, list[Any]]) -> None:
     data, seq, did, expected = generated
-    frame = wire.decode_frame(data)
-    assert wire.event_of(frame) == wire.Event(seq=seq, type="#commit", did=did)
-    ops = wire.commit_ops(frame.body)
+    frame = decode_frame(data)
+    assert event_of(frame) == RepoEvent(seq=seq, type="#commit", did=did)
+    ops = commit_ops(frame.body)
     assert [(op.action, f"{op.collection}/{op.rkey}", op.record) for op in ops] == expected
 
 
@@ -164,14 +177,14 @@ def either(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 @st.composite
 def car_or_not(draw: st.DrawFn) -> Any:
     blocks = [libipld.encode_dag_cbor(draw(dag_values)) for _ in range(draw(st.integers(0, 3)))]
-    car = wire.encode_car([wire.cid_for_block(block) for block in blocks[:1]], blocks)
+    car = encode_car([cid_for_block(block) for block in blocks[:1]], blocks)
     return draw(st.sampled_from([car, car[: len(car) // 2], car + b"\x00", draw(dag_values)]))
 
 
 @st.composite
 def ops_of_any_shape(draw: st.DrawFn) -> Any:
     op = st.fixed_dictionaries({}, optional={
-        "action": either(st.sampled_from(wire.OP_ACTIONS)),
+        "action": either(st.sampled_from(OP_ACTIONS)),
         "path": either(st.builds("{}/{}".format, st.sampled_from(COLLECTIONS), tids) | text),
         "cid": either(st.binary(min_size=36, max_size=36).map(lambda digest: b"\x01\x71\x12\x20" + digest[4:])),
     })
@@ -188,8 +201,8 @@ body_of_any_shape = st.fixed_dictionaries({}, optional={
     "time": dag_values,
 })
 header_of_any_shape = st.fixed_dictionaries({}, optional={
-    "op": either(st.sampled_from([wire.OP_MESSAGE, wire.OP_ERROR])),
-    "t": either(st.sampled_from([*wire.EVENT_TYPES, "#info", "#unknown"])),
+    "op": either(st.sampled_from([OP_MESSAGE, OP_ERROR])),
+    "t": either(st.sampled_from([*REPO_EVENT_TYPES, "#info", "#unknown"])),
 })
 
 
@@ -198,14 +211,14 @@ header_of_any_shape = st.fixed_dictionaries({}, optional={
 def test_it_raises_only_frame_errors_on_well_formed_cbor_of_wrong_types(header: Any, body: Any) -> None:
     frame = read_everything(libipld.encode_dag_cbor(header) + libipld.encode_dag_cbor(body))
     if frame is not None and not frame.is_error:
-        assert frame.type in wire.EVENT_TYPES
+        assert frame.type in REPO_EVENT_TYPES
 
 
 @PROPERTY_SETTINGS
 @given(body_of_any_shape)
 def test_it_raises_only_frame_errors_from_commit_ops_on_any_body(body: dict[str, Any]) -> None:
     try:
-        ops = wire.commit_ops(body)
-    except wire.FrameError:
+        ops = commit_ops(body)
+    except FrameError:
         return
-    assert all(op.action in wire.OP_ACTIONS and (op.record is None) == (op.action == "delete") for op in ops)
+    assert all(op.action in OP_ACTIONS and (op.record is None) == (op.action == "delete") for op in ops)

@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from appview import redis_store
 from appview.models import (
     Actor,
     FeedGenerator,
@@ -19,21 +18,11 @@ from appview.models import (
     Profile,
     Verification,
 )
-from firehose import syntax
-from tests.worker_helpers import (
-    CID,
-    DID,
-    OTHER,
-    SYNTAX,
-    WHEN,
-    commit_frame,
-    drain,
-    event_frame,
-    metrics,
-    post_trigger,
-    push,
-    push_raw,
-)
+from harness.events import DID, WHEN, commit_frame, push
+from pipeline import redis_store
+from protocol import syntax
+from tests.conftest import SYNTAX
+from tests.worker_helpers import CID, OTHER, drain, event_frame, metrics, post_trigger, push_raw
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -3,9 +3,10 @@ frames make small batches, small frames full ones."""
 
 import pytest
 
-from appview import redis_store
 from appview.models import Like, Post
-from tests.worker_helpers import WHEN, commit_frame, drain, likes, make_worker, push
+from harness.events import WHEN, commit_frame, push
+from pipeline import redis_store
+from tests.worker_helpers import drain, likes, make_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,22 +10,19 @@ from typing import Any
 import pytest
 from django.db import connection, connections
 
-from appview import redis_store
-from appview.indexing import batch, services
-from appview.indexing.events import Event, parse_entry
+from appview.indexing import apply, services
+from appview.indexing.events import ParsedEvent, parse_entry
 from appview.models import Actor, Like, Post, RecordTombstone
+from harness.events import DID, WHEN, commit_frame, push
+from pipeline import redis_store
 from tests.worker_helpers import (
     CID,
-    DID,
-    WHEN,
     assert_aggregates_match_rows,
-    commit_frame,
     diff,
     drain,
     event_frame,
     metrics,
     post_trigger,
-    push,
     snapshot,
     truncate_index,
 )
@@ -72,7 +69,7 @@ def contended_frames(rng: random.Random, count: int) -> list[tuple[int, bytes]]:
     return frames
 
 
-def parsed(frames: list[tuple[int, bytes]]) -> list[Event]:
+def parsed(frames: list[tuple[int, bytes]]) -> list[ParsedEvent]:
     return [parse_entry(f"{seq}-{n}".encode(), {b"frame": frame}) for n, (seq, frame) in enumerate(frames)]
 
 
@@ -118,7 +115,7 @@ def index_concurrently(batches: list[list[tuple[int, bytes]]]) -> list[str]:
 @pytest.fixture()
 def wide_race_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sleeps after the locks, before the tombstone read and before the counts, where batches interleave."""
-    lock_actors, tombstones, save_aggregates = batch._lock_actors, batch._tombstones, batch._save_aggregates
+    lock_actors, tombstones, save_aggregates = apply._lock_actors, apply._tombstones, apply._save_aggregates
 
     def pausing(step: Any) -> Any:
         def call(*args: Any) -> Any:
@@ -126,9 +123,9 @@ def wide_race_windows(monkeypatch: pytest.MonkeyPatch) -> None:
             return step(*args)
         return call
 
-    monkeypatch.setattr(batch, "_lock_actors", pausing(lock_actors))
-    monkeypatch.setattr(batch, "_tombstones", pausing(tombstones))
-    monkeypatch.setattr(batch, "_save_aggregates", pausing(save_aggregates))
+    monkeypatch.setattr(apply, "_lock_actors", pausing(lock_actors))
+    monkeypatch.setattr(apply, "_tombstones", pausing(tombstones))
+    monkeypatch.setattr(apply, "_save_aggregates", pausing(save_aggregates))
 
 
 @pytest.mark.parametrize("seed", [1, 3])

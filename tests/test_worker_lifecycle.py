@@ -7,17 +7,18 @@ import time
 import pytest
 from django.db import connection
 
-from appview import redis_store
-from appview.indexing import services
 from appview.indexing.worker import Worker
-from appview.models import IndexCursor, Like
+from appview.models import Like
+from harness.events import push
+from pipeline import redis_store
+from pipeline.cursor import advance_durable_cursor
+from pipeline.models import IndexCursor
 from tests.worker_helpers import (
     OTHER,
     drain,
     likes,
     make_worker,
     metrics,
-    push,
     start_worker,
     stop,
     subprocess_env,
@@ -49,7 +50,7 @@ def test_it_saves_the_durable_cursor_and_never_moves_it_back() -> None:
     client.xack(redis_store.events_stream(), redis_store.CONSUMER_GROUP, "31-0")
     worker._advance_cursor()
     assert IndexCursor.objects.get(name="firehose").seq == 60
-    assert services.advance_cursor(seq=10) == 60
+    assert advance_durable_cursor(seq=10) == 60
     assert IndexCursor.objects.get(name="firehose").seq == 60
     # A missing row is created, not silently left missing (an UPDATE would save nothing).
     IndexCursor.objects.all().delete()

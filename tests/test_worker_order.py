@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from appview import redis_store
 from appview.models import Like
-from firehose.simulation import SyntheticFirehose
+from harness.events import push
+from pipeline import redis_store
+from relaysim.simulation import SyntheticFirehose
 from tests.worker_helpers import (
     assert_aggregates_match_rows,
     diff,
     drain,
     make_worker,
     metrics,
-    push,
     snapshot,
     start_worker,
     stop,

@@ -4,7 +4,6 @@ from typing import Any
 
 import pytest
 
-from appview import redis_store
 from appview.models import (
     Actor,
     Follow,
@@ -16,19 +15,11 @@ from appview.models import (
     Repost,
     Threadgate,
 )
-from firehose.scenarios import load_scenario
-from tests.worker_helpers import (
-    CID,
-    DID,
-    OTHER,
-    SCENARIOS,
-    WHEN,
-    assert_aggregates_match_rows,
-    commit_frame,
-    drain,
-    metrics,
-    push,
-)
+from harness.events import DID, WHEN, commit_frame, push
+from pipeline import redis_store
+from relaysim.scenarios import load_scenario
+from tests.conftest import SCENARIOS
+from tests.worker_helpers import CID, OTHER, assert_aggregates_match_rows, drain, metrics
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,9 +8,10 @@ import psycopg
 import pytest
 from django.db import connection
 
-from appview import redis_store
 from appview.models import Like, Post
-from tests.worker_helpers import CID, WHEN, commit_frame, drain, make_worker, post_trigger, push
+from harness.events import WHEN, commit_frame, push
+from pipeline import redis_store
+from tests.worker_helpers import CID, drain, make_worker, post_trigger
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,41 +17,18 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from appview import redis_store
-from appview.indexing.worker import BATCH_FRAME_BYTES, READ_CHUNK, Worker
-from firehose import stream, wire
+from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK
+from appview.indexing.worker import Worker
+from harness.events import DID, TID, WHEN, commit_frame
+from pipeline import redis_store, stream
+from protocol.cid import cid_for_block
+from protocol.testing import encode_car, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
-SCENARIOS = FIXTURES / "relay-scenarios"
-SYNTAX = FIXTURES / "interop" / "syntax"
 # Columns whose values depend on when a row was written, not on what was indexed.
 TIME_COLUMNS = {"indexed_at", "first_seen_at", "updated_at", "deleted_at"}
-DID = "did:plc:44ybard66vv44zksje25o7dz"
 OTHER = "did:plc:yk4dd2qkboz2yv6tpubpc6co"
-TID = "3lmxjza3h2i27"
-WHEN = "2025-04-16T21:30:26.611Z"  # a valid createdAt / event time
 CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"  # a valid record CID
-
-
-def push(client: redis.Redis, frames: Iterable[tuple[int, bytes]], *, explicit_ids: bool = True) -> int:
-    """Adds entries the way run_firehose does (docs/ARCHITECTURE.md); with ``explicit_ids=False`` the
-    stream order is the order given, whatever the seqs (to deliver events out of order)."""
-    stream.ensure_group(client)
-    pipe = client.pipeline(transaction=False)
-    count = 0
-    for seq, frame in frames:
-        decoded = wire.decode_frame(frame)
-        try:
-            did = wire.event_of(decoded).did
-        except wire.FrameError:
-            did = ""  # a bad event still travels through the stream; the worker counts it
-        fields = {"seq": seq, "t": decoded.type or "", "did": did, "frame": frame,
-                  "received_at": int(time.time() * 1000)}
-        pipe.xadd(redis_store.events_stream(), fields, id=f"{seq}-0" if explicit_ids else "*")
-        count += 1
-    pipe.execute()
-    return count
 
 
 def push_raw(client: redis.Redis, seq: int, frame: bytes, *, event_type: str = "#commit", did: str = DID) -> None:
@@ -59,26 +36,6 @@ def push_raw(client: redis.Redis, seq: int, frame: bytes, *, event_type: str = "
     stream.ensure_group(client)
     client.xadd(redis_store.events_stream(), {"seq": seq, "t": event_type, "did": did, "frame": frame,
                                               "received_at": int(time.time() * 1000)}, id=f"{seq}-0")
-
-
-def commit_frame(seq: int, ops: list[tuple[str, str, dict[str, Any] | None]], *, did: str = DID,
-                 rev: str = TID) -> bytes:
-    """A #commit frame whose ops are (action, "collection/rkey", record or None)."""
-    blocks: list[bytes] = []
-    op_list = []
-    for action, path, record in ops:
-        op: dict[str, Any] = {"action": action, "path": path, "cid": None}
-        if record is not None:
-            block = libipld.encode_dag_cbor(record)
-            blocks.append(block)
-            op["cid"] = wire.cid_for_block(block)
-        op_list.append(op)
-    commit_block = libipld.encode_dag_cbor({"did": did, "version": 3, "rev": rev})
-    root = wire.cid_for_block(commit_block)
-    body = {"seq": seq, "rebase": False, "tooBig": False, "repo": did, "commit": root, "rev": rev, "since": None,
-            "blocks": wire.encode_car([root], [commit_block, *blocks]), "ops": op_list, "blobs": [],
-            "time": WHEN}
-    return wire.encode_frame({"op": 1, "t": "#commit"}, body)
 
 
 def likes(first: int, last: int) -> list[tuple[int, bytes]]:
@@ -93,8 +50,8 @@ def event_frame(seq: int, event_type: str, did: str = DID, **fields: Any) -> byt
     body = {"seq": seq, "did": did, "time": WHEN, **fields}
     if event_type == "#sync":
         commit_block = libipld.encode_dag_cbor({"did": did, "version": 3, "rev": fields.get("rev")})
-        body["blocks"] = wire.encode_car([wire.cid_for_block(commit_block)], [commit_block])
-    return wire.encode_frame({"op": 1, "t": event_type}, body)
+        body["blocks"] = encode_car([cid_for_block(commit_block)], [commit_block])
+    return encode_frame({"op": 1, "t": event_type}, body)
 
 
 def make_worker(name: str = "test-worker", *, batch_size: int = 100, max_attempts: int = 3, claim_idle_ms: int = 60_000,

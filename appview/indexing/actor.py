@@ -9,7 +9,6 @@ from appview.indexing.tables import TableSpec
 DISPLAY_NAME_MAX = 640
 DESCRIPTION_MAX = 2560
 TOKEN_MAX = 256
-PROFILE_RKEY = "self"
 # Lexicon: durationMinutes is a positive integer; PostgreSQL integer bounds the rest.
 DURATION_MAX = 2**31 - 1
 
@@ -45,14 +44,13 @@ def _chat_declaration(f: Fields) -> tuple[Any, ...]:
 TABLES = (
     TableSpec(
         models.Profile,
-        (("display_name", "text"), ("description", "text"), ("avatar_cid", "text"), ("banner_cid", "text"),
-         ("pinned_post_uri", "text")),
+        ("display_name", "description", "avatar_cid", "banner_cid", "pinned_post_uri"),
         _profile,
         created_at_required=False,
     ),
-    TableSpec(models.ActorStatusRecord, (("status", "text"), ("duration_minutes", "integer")), _status),
+    TableSpec(models.ActorStatusRecord, ("status", "duration_minutes"), _status),
     TableSpec(models.LabelerService, (), _labeler),
-    TableSpec(models.NotificationDeclaration, (("allow_subscriptions", "text"),), _notification_declaration,
+    TableSpec(models.NotificationDeclaration, ("allow_subscriptions",), _notification_declaration,
               created_at_required=False),
-    TableSpec(models.ChatDeclaration, (("allow_incoming", "text"),), _chat_declaration, created_at_required=False),
+    TableSpec(models.ChatDeclaration, ("allow_incoming",), _chat_declaration, created_at_required=False),
 )

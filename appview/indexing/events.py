@@ -10,7 +10,9 @@ from typing import Any
 from appview.indexing.collections import TABLE_BY_COLLECTION
 from appview.indexing.sanitize import Fields, RecordError, record_json
 from appview.indexing.tables import TableSpec, post_author
-from firehose import syntax, wire
+from protocol import syntax
+from protocol.commit import commit_ops
+from protocol.frames import FrameError, decode_frame, event_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class RecordWrite:
 
 
 @dataclass(slots=True)
-class Event:
+class ParsedEvent:
     entry_id: bytes
     fields: dict[bytes, bytes]
     type: str  # the frame's type, or the entry's t field when the frame is unusable
@@ -58,13 +60,13 @@ class Event:
         return bool(self.did)
 
 
-def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> ParsedEvent:
     entry_type = fields.get(b"t", b"").decode("utf-8", "replace")[:32]
-    event = Event(entry_id=entry_id, fields=fields, type=entry_type)
+    event = ParsedEvent(entry_id=entry_id, fields=fields, type=entry_type)
     try:
-        frame = wire.decode_frame(fields.get(b"frame", b""))
-        header = wire.event_of(frame)
-    except wire.FrameError as exc:
+        frame = decode_frame(fields.get(b"frame", b""))
+        header = event_of(frame)
+    except FrameError as exc:
         logger.warning("entry %s: %s", entry_id.decode(), exc)
         event.errors = 1
         return event
@@ -80,18 +82,18 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
             _account(event, body)
         else:
             _sync(event, body)
-    except wire.FrameError as exc:
+    except FrameError as exc:
         logger.warning("%s seq %d: %s", header.type, header.seq, exc)
         event.errors += 1
     return event
 
 
-def _commit(event: Event, body: dict[str, Any]) -> None:
+def _commit(event: ParsedEvent, body: dict[str, Any]) -> None:
     rev = body.get("rev")
     if not syntax.is_tid(rev):
         event.errors += 1
         rev = ""
-    for order, op in enumerate(wire.commit_ops(body)):
+    for order, op in enumerate(commit_ops(body)):
         uri = op.uri(event.did)
         spec = TABLE_BY_COLLECTION.get(op.collection)
         write = RecordWrite(uri=uri, did=event.did, collection=op.collection, rkey=op.rkey, seq=event.seq,
@@ -139,7 +141,7 @@ def _fill(write: RecordWrite, record: dict[str, Any], cid: str) -> bool:
     return fields.bad or altered
 
 
-def _identity(event: Event, body: dict[str, Any]) -> None:
+def _identity(event: ParsedEvent, body: dict[str, Any]) -> None:
     handle = body.get("handle")
     if handle is None:
         return
@@ -149,7 +151,7 @@ def _identity(event: Event, body: dict[str, Any]) -> None:
         event.errors += 1
 
 
-def _account(event: Event, body: dict[str, Any]) -> None:
+def _account(event: ParsedEvent, body: dict[str, Any]) -> None:
     active = body.get("active")
     if type(active) is not bool:
         event.errors += 1
@@ -164,7 +166,7 @@ def _account(event: Event, body: dict[str, Any]) -> None:
     event.account = (active, status.lower())
 
 
-def _sync(event: Event, body: dict[str, Any]) -> None:
+def _sync(event: ParsedEvent, body: dict[str, Any]) -> None:
     rev = body.get("rev")
     if syntax.is_tid(rev):
         event.sync_rev = rev

@@ -5,7 +5,7 @@ from typing import Any
 from appview import models
 from appview.indexing.sanitize import Fields, RecordError
 from appview.indexing.tables import TableSpec
-from firehose import syntax
+from protocol import syntax
 
 # Lexicon bounds (in bytes, so at most as many characters): post text 3000, descriptions 3000 (feed
 # generator) and names 640 bytes; anything longer is invalid and is stored truncated.
@@ -99,17 +99,13 @@ def _gate(f: Fields) -> tuple[Any, ...]:
 TABLES = (
     TableSpec(
         models.Post,
-        (("text", "text"), ("langs", "jsonb"), ("reply_root_uri", "text"), ("reply_parent_uri", "text"),
-         ("quote_uri", "text"), ("embed_type", "text")),
+        ("text", "langs", "reply_root_uri", "reply_parent_uri", "quote_uri", "embed_type"),
         _post,
         post_columns=("reply_parent_uri", "quote_uri"),
     ),
-    TableSpec(models.Like, (("subject_uri", "text"), ("subject_cid", "text")), _subject,
-              post_columns=("subject_uri",)),
-    TableSpec(models.Repost, (("subject_uri", "text"), ("subject_cid", "text")), _subject,
-              post_columns=("subject_uri",)),
-    TableSpec(models.FeedGenerator, (("service_did", "text"), ("display_name", "text"), ("description", "text")),
-              _generator),
-    TableSpec(models.Threadgate, (("post_uri", "text"),), _gate),
-    TableSpec(models.Postgate, (("post_uri", "text"),), _gate),
+    TableSpec(models.Like, ("subject_uri", "subject_cid"), _subject, post_columns=("subject_uri",)),
+    TableSpec(models.Repost, ("subject_uri", "subject_cid"), _subject, post_columns=("subject_uri",)),
+    TableSpec(models.FeedGenerator, ("service_did", "display_name", "description"), _generator),
+    TableSpec(models.Threadgate, ("post_uri",), _gate),
+    TableSpec(models.Postgate, ("post_uri",), _gate),
 )

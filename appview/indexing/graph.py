@@ -5,7 +5,7 @@ from typing import Any
 from appview import models
 from appview.indexing.sanitize import Fields, RecordError
 from appview.indexing.tables import TableSpec
-from firehose import syntax
+from protocol import syntax
 
 NAME_MAX = 640
 DESCRIPTION_MAX = 3000
@@ -60,13 +60,12 @@ def _verification(f: Fields) -> tuple[Any, ...]:
 
 
 TABLES = (
-    TableSpec(models.Follow, (("subject_did", "text"),), _did_subject, did_columns=("subject_did",)),
-    TableSpec(models.Block, (("subject_did", "text"),), _did_subject, did_columns=("subject_did",)),
-    TableSpec(models.List, (("name", "text"), ("purpose", "text"), ("description", "text")), _list),
-    TableSpec(models.ListItem, (("list_uri", "text"), ("subject_did", "text")), _list_item,
+    TableSpec(models.Follow, ("subject_did",), _did_subject, did_columns=("subject_did",)),
+    TableSpec(models.Block, ("subject_did",), _did_subject, did_columns=("subject_did",)),
+    TableSpec(models.List, ("name", "purpose", "description"), _list),
+    TableSpec(models.ListItem, ("list_uri", "subject_did"), _list_item, did_columns=("subject_did",)),
+    TableSpec(models.ListBlock, ("subject_uri",), _list_block),
+    TableSpec(models.StarterPack, ("name", "list_uri"), _starter_pack),
+    TableSpec(models.Verification, ("subject_did", "handle", "display_name"), _verification,
               did_columns=("subject_did",)),
-    TableSpec(models.ListBlock, (("subject_uri", "text"),), _list_block),
-    TableSpec(models.StarterPack, (("name", "text"), ("list_uri", "text")), _starter_pack),
-    TableSpec(models.Verification, (("subject_did", "text"), ("handle", "text"), ("display_name", "text")),
-              _verification, did_columns=("subject_did",)),
 )

@@ -15,7 +15,7 @@ from typing import Any
 import libipld
 import orjson
 
-from firehose import syntax
+from protocol import syntax
 
 # A valid record is far smaller (the largest lexicon string is 100 KB of alt text, and records of the
 # network stay within a few KB); above this the record is stored reduced, so one repo cannot bloat a table.

@@ -1,4 +1,4 @@
-"""Writes of the worker: a batch of events, the durable cursor, the folding of the row-count ledger."""
+"""Writes of the worker: a batch of events, the folding of the row-count ledger, recounts."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -6,11 +6,11 @@ from typing import Any
 import psycopg
 from django.db import connection, transaction
 
-from appview.indexing.batch import ACTOR, LEDGER, POST, BatchResult, Folded, apply_folded, count_from_rows, lock_owners
-from appview.indexing.events import Event
-from appview.models import IndexCursor
+from appview.indexing.apply import BatchResult, apply_folded, count_from_rows, lock_owners
+from appview.indexing.events import ParsedEvent
+from appview.indexing.fold import Folded
+from appview.indexing.statements import ACTOR, LEDGER, POST
 
-FIREHOSE_CURSOR = "firehose"
 KNOWN_ACTORS_MAX = 200_000
 # SQLSTATE class 40, "transaction rollback": a deadlock or a serialization failure, which running the
 # same transaction again resolves. psycopg 3 does not make DeadlockDetected a TransactionRollback.
@@ -24,7 +24,7 @@ def _cursor() -> psycopg.Cursor[Any]:
     return psycopg.Cursor(connection.connection)
 
 
-def index_events(*, events: Sequence[Event], known_actors: set[str] | None = None) -> BatchResult:
+def index_events(*, events: Sequence[ParsedEvent], known_actors: set[str] | None = None) -> BatchResult:
     """Applies the events in one transaction. Raises on any database error, and then nothing of them
     is committed. ``known_actors``, a cache of DIDs that have an actor row, saves their insert attempts
     and is completed once the transaction has committed."""
@@ -46,19 +46,6 @@ def is_transaction_rollback(exc: BaseException) -> bool:
         if isinstance(sqlstate, str) and sqlstate.startswith(TRANSACTION_ROLLBACK_CLASS):
             return True
     return False
-
-
-def advance_cursor(*, seq: int) -> int:
-    """Moves the durable cursor up to ``seq`` (never down), creating its row when missing; returns the
-    cursor's value after the call."""
-    with transaction.atomic(), _cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {IndexCursor._meta.db_table} AS c (name, seq) VALUES (%s, %s)"
-            " ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, updated_at = now() WHERE excluded.seq > c.seq",
-            [FIREHOSE_CURSOR, seq],
-        )
-        cur.execute(f"SELECT seq FROM {IndexCursor._meta.db_table} WHERE name = %s", [FIREHOSE_CURSOR])
-        return cur.fetchone()[0]  # type: ignore[index]
 
 
 def compact_row_counts() -> None:

@@ -5,14 +5,15 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from django.db import connection
+
 from appview.indexing.sanitize import Fields
-from appview.models import RepoRecord
+from appview.models import Post, RepoRecord
 
 Extractor = Callable[[Fields], tuple[Any, ...]]
 
-POST_COLLECTION = "app.bsky.feed.post"
 _POST_URI_PREFIX = "at://did:"
-_POST_PATH = "/" + POST_COLLECTION + "/"
+_POST_PATH = "/" + Post.collection + "/"
 
 
 def post_author(uri: str | None) -> str | None:
@@ -28,8 +29,8 @@ def post_author(uri: str | None) -> str | None:
 @dataclass(frozen=True, slots=True)
 class TableSpec:
     model: type[RepoRecord]
-    # The typed columns the extractor fills, in its order, with their PostgreSQL types.
-    columns: tuple[tuple[str, str], ...]
+    # The model's fields that the extractor fills, in its order.
+    fields: tuple[str, ...]
     extract: Extractor
     # Columns holding DIDs that must get an actor row (so that counts about them have a home).
     did_columns: tuple[str, ...] = ()
@@ -45,10 +46,21 @@ class TableSpec:
     def collection(self) -> str:
         return self.model.collection
 
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """(column, PostgreSQL type) of each field the extractor fills, in its order."""
+        return _typed_columns(self.model, self.fields)
+
     def index(self, column: str) -> int:
-        return _column_positions(self.columns)[column]
+        return _column_positions(self.fields)[column]
 
 
 @cache
-def _column_positions(columns: tuple[tuple[str, str], ...]) -> dict[str, int]:
-    return {name: position for position, (name, _) in enumerate(columns)}
+def _typed_columns(model: type[RepoRecord], fields: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((model._meta.get_field(name).column, model._meta.get_field(name).db_type(connection))
+                 for name in fields)
+
+
+@cache
+def _column_positions(fields: tuple[str, ...]) -> dict[str, int]:
+    return {name: position for position, name in enumerate(fields)}

@@ -7,9 +7,7 @@ failing goes to firehose:dead-letters. PostgreSQL or Redis down: wait with backo
 nothing that is not committed. Entries left pending by a dead worker are claimed (XAUTOCLAIM).
 """
 
-import bisect
 import contextlib
-import functools
 import gc
 import json
 import logging
@@ -23,115 +21,30 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 import redis
 from django.db import DatabaseError, InterfaceError, connection
 from django.db import OperationalError as DjangoOperationalError
 
-from appview import redis_store
 from appview.indexing import services
-from appview.indexing.events import Event, parse_entry
-from firehose import stream
+from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK, Abandon, StreamConsumer
+from appview.indexing.events import ParsedEvent, parse_entry
+from pipeline import redis_store, stream
+from pipeline.cursor import advance_durable_cursor
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTERS_MAXLEN = 100_000
 HEARTBEAT_SECONDS = 2.0
 LOG_SECONDS = 5.0
 CURSOR_SECONDS = 1.0
 COMPACT_SECONDS = 60.0
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0  # while PostgreSQL is unreachable
 DEADLOCK_RETRIES = 5
 LATENCY_WINDOW = 200
 SWITCH_INTERVAL_SECONDS = 0.0005
-# An entry of firehose:events as read: its ID and its fields (None for an entry deleted while pending).
-StreamEntry = tuple[bytes, dict[bytes, bytes] | None]
-# A batch's new entries are read in chunks of at most READ_CHUNK entries until the batch size is reached
-# or its frames reach BATCH_FRAME_BYTES: a batch of large frames stops early, since what a batch holds in
-# memory follows its bytes (its records are copied several times on their way into PostgreSQL, and three
-# batches are alive at once: one indexed, one queued, one being read). Past the budget, a batch holds at
-# most one chunk more, and the chunks shrink to fit once frames are seen to be large.
-READ_CHUNK = 500
-BATCH_FRAME_BYTES = 6 * 2**20
-EVENT_TYPES = ("#commit", "#identity", "#account", "#sync")
 # The cyclic garbage collector's thresholds once the worker has started (see settle_garbage_collector).
 GC_THRESHOLDS = (50_000, 20, 10)
-
-# Acknowledges the batch and counts, in cluster:metrics and the "indexed" throughput buckets, only the
-# entries this call acknowledged (XACK returned 1): an entry committed twice (a redelivery after a crash
-# between commit and ack, or a claim of a slow worker's entry) is counted once.
-# KEYS: stream, metrics, second bucket, minute bucket, dead letters, latency histogram.
-# ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket), then
-# m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first).
-ACK_SCRIPT = """
-local group = ARGV[1]
-local n = tonumber(ARGV[2])
-local m = tonumber(ARGV[3])
-local counts = {}
-local total = 0
-local errors = 0
-local latencies = {}
-local i = 7
-for _ = 1, n do
-  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
-    total = total + 1
-    errors = errors + tonumber(ARGV[i + 2])
-    counts[ARGV[i + 1]] = (counts[ARGV[i + 1]] or 0) + 1
-    if ARGV[i + 3] ~= '' then latencies[ARGV[i + 3]] = (latencies[ARGV[i + 3]] or 0) + 1 end
-  end
-  i = i + 4
-end
-for _ = 1, m do
-  local nfields = tonumber(ARGV[i + 5])
-  if redis.call('XACK', KEYS[1], group, ARGV[i]) == 1 then
-    local entry = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*'}
-    for j = i + 6, i + 5 + nfields * 2 do entry[#entry + 1] = ARGV[j] end
-    entry[#entry + 1] = 'error'
-    entry[#entry + 1] = ARGV[i + 2]
-    entry[#entry + 1] = 'worker'
-    entry[#entry + 1] = ARGV[i + 3]
-    entry[#entry + 1] = 'failed_at'
-    entry[#entry + 1] = ARGV[i + 4]
-    redis.call(unpack(entry))
-    total = total + 1
-    errors = errors + 1
-    counts[ARGV[i + 1]] = (counts[ARGV[i + 1]] or 0) + 1
-  end
-  i = i + 6 + nfields * 2
-end
-if total > 0 then
-  redis.call('HINCRBY', KEYS[2], 'totalEvents', total)
-  for name, count in pairs(counts) do
-    if string.sub(name, 1, 1) == '#' then redis.call('HINCRBY', KEYS[2], name, count) end
-  end
-  if errors > 0 then redis.call('HINCRBY', KEYS[2], 'errors', errors) end
-  redis.call('INCRBY', KEYS[3], total)
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-  redis.call('INCRBY', KEYS[4], total)
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-  for bucket, count in pairs(latencies) do redis.call('HINCRBY', KEYS[6], bucket, count) end
-end
-return {total, errors}
-"""
-
-
-# Upper bounds (ms) of the buckets of cluster:latency: the time from run_firehose reading an event to its commit.
-LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000,
-                      3000, 5000, 10000, 30000, 60000)
-
-
-def latency_bucket(event: Event, now: float) -> str:
-    """The cluster:latency field for an event committed at ``now``; empty when it carries no arrival time."""
-    try:
-        received_ms = int(event.fields.get(b"received_at", b""))
-    except ValueError:
-        return ""
-    latency_ms = now * 1000 - received_ms
-    index = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
-    return str(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else "+inf"
-
 
 def settle_garbage_collector() -> None:
     """Called by run_worker once start-up is over. With Python's defaults (a collection every 700 new
@@ -143,10 +56,6 @@ def settle_garbage_collector() -> None:
     cycles, if any, is still collected."""
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-class Abandon(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Shutdown was asked while PostgreSQL or Redis does not answer: leave what is unacknowledged pending."""
 
 
 @dataclass(slots=True)
@@ -167,7 +76,7 @@ class Stats:
 
 @dataclass(slots=True)
 class Batch:
-    events: list[Event]
+    events: list[ParsedEvent]
     gone: list[bytes]  # entries deleted from the stream while pending
     deliveries: dict[bytes, int]  # delivery counts of re-delivered entries
     read_at: float
@@ -246,10 +155,6 @@ class Worker:
                  client: redis.Redis | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.consumer = consumer
         self.batch_size = batch_size
-        self.batch_bytes = batch_bytes
-        self._chunk = min(read_chunk, batch_size)  # most entries per read; own pending entries and claims: one read
-        self._frame_size = 1  # average frame size of the last chunk read (bytes)
-        self.claim_idle_ms = claim_idle_ms
         self.max_attempts = max_attempts
         self.block_ms = block_ms
         self.client = client or redis_store.connect()
@@ -257,14 +162,10 @@ class Worker:
         self.stop = False
         self.stats = Stats()
         self.started_at = time.time()
-        self._ack_script = self.client.register_script(ACK_SCRIPT)
+        self.stream_io = StreamConsumer(client=self.client, consumer=consumer, batch_size=batch_size,
+                                        batch_bytes=batch_bytes, read_chunk=read_chunk, claim_idle_ms=claim_idle_ms,
+                                        block_ms=block_ms, stopping=lambda: self.stop, sleep=sleep)
         self._known_actors: set[str] = set()
-        # First re-read what this consumer name left pending (a restart), from this ID on; None once done.
-        # Each read goes on after the last entry of the previous one: the reader thread reads the next
-        # batch before this one is acknowledged, and reading from "0" again would deliver it twice.
-        self._own_pending_from: str | None = "0"
-        self._claim_from = "0-0"
-        self._next_claim = 0.0
         self._next_heartbeat = 0.0
         self._next_cursor = 0.0
         self._next_compact = time.monotonic() + COMPACT_SECONDS
@@ -283,13 +184,13 @@ class Worker:
         # each PostgreSQL round trip, which the default 5 ms switch interval would delay (dozens per batch).
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
-            self._with_redis(lambda: stream.ensure_group(self.client))
+            self.stream_io.ensure_group()
             reader.start()
             while not self.stop:
                 batch = reader.next()
                 handled = self._handle(batch) if batch is not None else 0
                 self._periodic()
-                if handled == 0 and drain and self._drained():
+                if handled == 0 and drain and self.stream_io.drained():
                     logger.info("worker %s: stream drained", self.consumer)
                     break
         except Abandon:
@@ -326,7 +227,7 @@ class Worker:
 
     def read_batch(self) -> "Batch | None":
         read_at = time.monotonic()
-        entries, deliveries = self._read()
+        entries, deliveries = self.stream_io.read()
         if not entries:
             return None
         return Batch(
@@ -336,119 +237,15 @@ class Worker:
             read_at=read_at,
         )
 
-    def _read(self) -> tuple[list[StreamEntry], dict[bytes, int]]:
-        now = time.monotonic()
-        if self._own_pending_from is not None:
-            start = self._own_pending_from
-            count = self._chunk_count(self.batch_size, self.batch_bytes)
-            entries = self._with_redis(lambda: self._xreadgroup(start, count=count, block=None))
-            self._frame_bytes(entries)
-            if entries:
-                self._own_pending_from = _text(entries[-1][0])
-                return entries, self._deliveries(entries)
-            self._own_pending_from = None
-        if now >= self._next_claim:
-            self._next_claim = now + min(self.claim_idle_ms / 2000, 5.0)
-            entries = self._with_redis(self._autoclaim)
-            if entries:
-                return entries, self._deliveries(entries)
-        return self._read_new(), {}
-
-    def _read_new(self) -> list[StreamEntry]:
-        """New entries for one batch, in chunks, until the batch size or the frame budget is reached (see
-        READ_CHUNK). Only the first chunk waits for entries to arrive."""
-        entries: list[StreamEntry] = []
-        frame_bytes = 0
-        while len(entries) < self.batch_size and frame_bytes < self.batch_bytes:
-            count = self._chunk_count(self.batch_size - len(entries), self.batch_bytes - frame_bytes)
-            block = None if entries else self.block_ms
-            try:
-                chunk = self._with_redis(functools.partial(self._xreadgroup, ">", count=count, block=block))
-            except Abandon:
-                if entries:  # delivered to this worker: part of its batch, pending until indexed
-                    break
-                raise
-            if not chunk:
-                break
-            entries += chunk
-            frame_bytes += self._frame_bytes(chunk)
-            if len(chunk) < count:  # nothing more is waiting
-                break
-        return entries
-
-    def _chunk_count(self, entries_left: int, bytes_left: int) -> int:
-        """How many entries the next read asks for: a chunk, or less when the batch has room for less,
-        counting frames at the size of the last ones read."""
-        return max(1, min(self._chunk, entries_left, bytes_left // self._frame_size))
-
-    def _frame_bytes(self, entries: list[StreamEntry]) -> int:
-        """The frame bytes of these entries; notes their average size for the next reads."""
-        size = sum(len(fields.get(b"frame", b"")) for _, fields in entries if fields is not None)
-        if entries:
-            self._frame_size = max(1, size // len(entries))
-        return size
-
-    def _xreadgroup(self, start: str, *, count: int, block: int | None) -> list[StreamEntry]:
-        try:
-            reply = self.client.xreadgroup(redis_store.CONSUMER_GROUP, self.consumer,
-                                           {redis_store.events_stream(): start}, count=count,
-                                           block=block)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            logger.warning("consumer group missing (Redis lost its data?): creating it again")
-            stream.ensure_group(self.client)
-            return []
-        if not reply:
-            return []
-        return [(entry_id, fields or None) for entry_id, fields in reply[0][1]]
-
-    def _autoclaim(self) -> list[StreamEntry]:
-        try:
-            reply = self.client.xautoclaim(redis_store.events_stream(), redis_store.CONSUMER_GROUP,
-                                           self.consumer, self.claim_idle_ms, start_id=self._claim_from,
-                                           count=self._chunk_count(self.batch_size, self.batch_bytes))
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            stream.ensure_group(self.client)
-            return []
-        next_id, claimed = reply[0], reply[1]
-        # Each call scans at most ten times its count. After a claim, the scan goes on at the next read
-        # (more of the dead worker's entries may follow). After a scan that found nothing idle, the next
-        # one starts over: a dead worker's entries are the oldest pending ones, and under a backlog the
-        # live workers' entries pile up behind them faster than a cursor chasing them would come round.
-        self._claim_from = _text(next_id) if claimed else "0-0"
-        if self._claim_from != "0-0":
-            self._next_claim = 0.0
-        self._frame_bytes(claimed)
-        if claimed:
-            logger.info("worker %s claimed %d entries idle for over %d ms", self.consumer, len(claimed),
-                        self.claim_idle_ms)
-        return [(entry_id, fields or None) for entry_id, fields in claimed]
-
-    def _deliveries(self, entries: list[tuple[bytes, Any]]) -> dict[bytes, int]:
-        """How many times each re-delivered entry was delivered, to spot one that kills its workers."""
-        ids = [entry_id for entry_id, _ in entries]
-        try:
-            rows = self._with_redis(lambda: self.client.xpending_range(
-                redis_store.events_stream(), redis_store.CONSUMER_GROUP, min=min(ids), max=max(ids),
-                count=len(ids) * 2 + 10, consumername=self.consumer))
-        except redis.ResponseError as exc:
-            logger.warning("could not read delivery counts: %s", exc)
-            return {}
-        return {row["message_id"]: int(row["times_delivered"]) for row in rows}
-
     # Indexing
 
     def _process(self, batch: "Batch") -> int:
         if batch.gone:  # deleted from the stream while pending: nothing to index
-            self._with_redis(lambda: self.client.xack(redis_store.events_stream(), redis_store.CONSUMER_GROUP,
-                                                      *batch.gone))
+            self.stream_io.ack_gone(batch.gone)
         events, deliveries = batch.events, batch.deliveries
-        dead: list[tuple[Event, str]] = []
-        normal: list[Event] = []
-        suspects: list[Event] = []
+        dead: list[tuple[ParsedEvent, str]] = []
+        normal: list[ParsedEvent] = []
+        suspects: list[ParsedEvent] = []
         for event in events:
             delivered = deliveries.get(event.entry_id, 1)
             if delivered > 2 * self.max_attempts:
@@ -461,10 +258,10 @@ class Worker:
         # Entries that were delivered often may be what killed earlier workers: alone, they harm no other.
         for event in suspects:
             done += self._apply_splitting([event], dead)
-        self._ack(done, dead)
+        self._acknowledge(done, dead)
         return len(events) + len(batch.gone)
 
-    def _apply_splitting(self, events: list[Event], dead: list[tuple[Event, str]]) -> list[Event]:
+    def _apply_splitting(self, events: list[ParsedEvent], dead: list[tuple[ParsedEvent, str]]) -> list[ParsedEvent]:
         if not events:
             return []
         error = self._try_apply(events)
@@ -486,7 +283,7 @@ class Worker:
         dead.append((event, error))
         return []
 
-    def _try_apply(self, events: list[Event]) -> str | None:
+    def _try_apply(self, events: list[ParsedEvent]) -> str | None:
         """Applies the events in one transaction: None on success, else the error. Waits (with backoff)
         while PostgreSQL is unreachable; raises Abandon if asked to stop meanwhile."""
         backoff = 0.5
@@ -514,36 +311,10 @@ class Worker:
                 self.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    def _ack(self, done: list[Event], dead: list[tuple[Event, str]]) -> None:
-        now = time.time()
-        second = int(now)
-        args: list[Any] = [redis_store.CONSUMER_GROUP, len(done), len(dead), DEAD_LETTERS_MAXLEN,
-                           stream.SECOND_BUCKET_TTL, stream.MINUTE_BUCKET_TTL]
-        for event in done:
-            args += (event.entry_id, event.type, event.errors, latency_bucket(event, now))
-        failed_at = f"{now:.3f}"
-        for event, error in dead:
-            args += (event.entry_id, event.type, error[:2000], self.consumer, failed_at, len(event.fields))
-            for name, value in event.fields.items():
-                args += (name, value)
-        keys = [redis_store.events_stream(), redis_store.cluster_metrics(),
-                redis_store.throughput_bucket("indexed", "s", second),
-                redis_store.throughput_bucket("indexed", "m", second // 60), redis_store.dead_letters_stream(),
-                redis_store.latency_histogram()]
-        try:
-            acked, errors = self._with_redis(lambda: self._ack_script(keys=keys, args=args))
-        except Abandon:
-            logger.warning("worker %s: Redis unreachable at shutdown; %d committed entries stay pending and will"
-                           " be redelivered (indexing them again changes nothing)", self.consumer, len(done))
-            return
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            logger.warning("consumer group missing (Redis lost its data?): nothing to acknowledge")
-            stream.ensure_group(self.client)
-            return
-        self.stats.processed += int(acked)
-        self.stats.errors += int(errors)
+    def _acknowledge(self, done: list[ParsedEvent], dead: list[tuple[ParsedEvent, str]]) -> None:
+        acked, errors = self.stream_io.acknowledge(done, dead)
+        self.stats.processed += acked
+        self.stats.errors += errors
         self.stats.dead += len(dead)
 
     # Housekeeping
@@ -569,7 +340,7 @@ class Worker:
         try:
             mark = stream.low_water_mark(self.client)
             if mark is not None:
-                services.advance_cursor(seq=mark)
+                advance_durable_cursor(seq=mark)
         except (redis.RedisError, DatabaseError, psycopg.Error) as exc:
             logger.warning("could not advance the durable cursor: %s", _describe(exc))
             _close_connection()
@@ -604,24 +375,6 @@ class Worker:
         self._logged = (self.stats.processed, self.stats.errors, now)
         self._next_log = now + LOG_SECONDS
 
-    def _drained(self) -> bool:
-        """No undelivered entry (the group has delivered up to the stream's last ID) and none pending."""
-        def check() -> bool:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xinfo_stream(redis_store.events_stream())
-            pipe.xinfo_groups(redis_store.events_stream())
-            pipe.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)
-            try:
-                info, groups, pending = pipe.execute()
-            except redis.ResponseError:  # the stream or the group is gone (Redis lost its data)
-                stream.ensure_group(self.client)
-                return False
-            group = next((g for g in groups if _text(g["name"]) == redis_store.CONSUMER_GROUP), None)
-            if group is None or pending["pending"]:
-                return False
-            return _id_tuple(group["last-delivered-id"]) >= _id_tuple(info["last-generated-id"])
-        return self._with_redis(check)
-
     def _finish(self) -> None:
         self._advance_cursor()
         try:
@@ -631,28 +384,6 @@ class Worker:
         logger.info("worker %s stopped: %d events, %d errors, %d dead letters", self.consumer,
                     self.stats.processed, self.stats.errors, self.stats.dead)
 
-    def _with_redis(self, call: Callable[[], Any]) -> Any:
-        """Runs a Redis call, waiting with backoff while Redis is unreachable; raises Abandon when asked
-        to stop meanwhile."""
-        backoff = 0.5
-        while True:
-            try:
-                return call()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.stop:
-                    raise Abandon from exc
-                logger.warning("Redis unreachable (%s); retrying in %.1f s", exc, backoff)
-                self.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
-    ms, _, sequence = _text(entry_id).partition("-")
-    return int(ms), int(sequence or 0)
 
 
 def _describe(exc: BaseException) -> str:

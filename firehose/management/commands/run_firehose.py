@@ -8,9 +8,9 @@ import uvloop
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from appview import redis_store
 from firehose.client import Firehose, FirehoseConfig, RelayUrlError, relay_base_url
-from firehose.wire import MAX_SEQ
+from pipeline import redis_store
+from protocol.frames import MAX_SEQ
 
 
 def _seq(value: str) -> int:

@@ -1,0 +1,150 @@
+"""One settings module; every value can be set from the environment (SPEC section 2)."""
+
+from pathlib import Path
+
+from config.env import (
+    ConfigError,
+    env_bool,
+    env_database_url,
+    env_float,
+    env_int,
+    env_list,
+    env_redis_url,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+# The default only suits a machine of one's own; docker-compose.yml and the README ask for a real one.
+SECRET_KEY = env_str("SECRET_KEY", "insecure-local-default-set-SECRET_KEY")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "django.contrib.postgres",
+    "pipeline",
+    "appview",
+    "firehose",
+    "relaysim",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_database_url("DATABASE_URL", "postgres://localhost:5432/appview")
+DATABASES = {"default": DATABASE_URL.as_django()}
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60, minimum=0)
+# Every query here is short; PostgreSQL's JIT compiler, which starts on estimated cost alone, spent
+# 20-30 ms compiling statements of a batch that ran in 5 ms.
+# Server-side prepared statements (Django leaves them off by default, for poolers that cannot carry them):
+# the worker sends the same statements with every batch. Always planned for their values: a generic plan
+# made while the tables were small kept its sequential scans as they grew (PostgreSQL's CPU per event
+# went from 590 to 1,060 us over 40,000 events). Turn them off behind a transaction pooler that does
+# not track prepared statements.
+_db_options: dict[str, object] = DATABASES["default"]["OPTIONS"]  # type: ignore[assignment]
+_db_options["options"] = f"{_db_options.get('options', '')} -c jit=off -c plan_cache_mode=force_custom_plan".strip()
+_db_options["prepare_threshold"] = 5 if env_bool("DB_PREPARED_STATEMENTS", True) else None
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_redis_url("REDIS_URL", "redis://localhost:6379/0")
+# Every Redis key this project writes starts with this prefix (empty in production), so that test
+# runs sharing one Redis server cannot see each other's keys.
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": REDIS_KEY_PREFIX + "cache",
+    }
+}
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": REDIS_KEY_PREFIX + "asgi"},
+    }
+}
+
+RELAY_URL = env_str("RELAY_URL", "wss://bsky.network")
+
+# Tunables of the pipeline (SPEC sections 5 and 7).
+STREAM_HIGH_WATER = env_int("STREAM_HIGH_WATER", 200_000, minimum=100)
+STREAM_LOW_WATER = env_int("STREAM_LOW_WATER", STREAM_HIGH_WATER // 2, minimum=0)
+if STREAM_LOW_WATER >= STREAM_HIGH_WATER:
+    raise ConfigError("STREAM_LOW_WATER", "must be below STREAM_HIGH_WATER")
+FIREHOSE_STALL_SECONDS = env_float("FIREHOSE_STALL_SECONDS", 60.0, minimum=1.0)
+FIREHOSE_MAX_FRAME_BYTES = env_int("FIREHOSE_MAX_FRAME_BYTES", 5 * 1024 * 1024, minimum=1024)
+WORKER_BATCH_SIZE = env_int("WORKER_BATCH_SIZE", 5000, minimum=1, maximum=100_000)
+WORKER_CLAIM_IDLE_MS = env_int("WORKER_CLAIM_IDLE_MS", 60_000, minimum=1000)
+WORKER_MAX_ATTEMPTS = env_int("WORKER_MAX_ATTEMPTS", 3, minimum=1)
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+    raise ConfigError("LOG_LEVEL", f"must be DEBUG, INFO, WARNING or ERROR, got {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
