@@ -11,7 +11,7 @@ from typing import ClassVar
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector
 from django.db import models
-from django.db.models.functions import Now
+from django.db.models.functions import Least, Now
 
 
 class ActorStatus(models.TextChoices):
@@ -69,6 +69,10 @@ class RepoRecord(models.Model):
     created_at = models.DateTimeField(null=True, blank=True)
     indexed_at = models.DateTimeField(db_default=Now())
     raw = models.JSONField()
+    # Where the record sorts in feeds and lists: its claimed creation time, but never later than when this
+    # index first saw it (a createdAt in the future cannot pin a record to the top).
+    sort_at = models.GeneratedField(expression=Least("created_at", "indexed_at"),
+                                    output_field=models.DateTimeField(), db_persist=True)
 
     class Meta:
         abstract = True
@@ -79,7 +83,7 @@ class RepoRecord(models.Model):
 
 def record_indexes(table: str, *extra: models.Index) -> list[models.Index]:
     return [
-        models.Index(fields=["did", "-created_at"], name=f"{table}_did_created_idx"),
+        models.Index(fields=["did", "-sort_at", "-uri"], name=f"{table}_did_sort_idx"),
         BrinIndex(fields=["indexed_at"], name=f"{table}_indexed_brin"),
         *extra,
     ]
@@ -106,7 +110,8 @@ class Post(RepoRecord):
                          condition=models.Q(reply_root_uri__isnull=False)),
             models.Index(fields=["reply_parent_uri"], name="post_reply_parent_idx",
                          condition=models.Q(reply_parent_uri__isnull=False)),
-            models.Index(fields=["quote_uri"], name="post_quote_idx", condition=models.Q(quote_uri__isnull=False)),
+            models.Index(fields=["quote_uri", "-sort_at", "-uri"], name="post_quote_sort_idx",
+                         condition=models.Q(quote_uri__isnull=False)),
             GinIndex(SearchVector("text", config="simple"), name="post_text_search"),
         )
 
@@ -118,7 +123,9 @@ class Like(RepoRecord):
     subject_cid = models.TextField(blank=True, default="")
 
     class Meta:
-        indexes = record_indexes("like", models.Index(fields=["subject_uri"], name="like_subject_idx"))
+        indexes = record_indexes(
+            "like", models.Index(fields=["subject_uri", "-sort_at", "-uri"], name="like_subject_sort_idx")
+        )
 
 
 class Repost(RepoRecord):
@@ -128,7 +135,9 @@ class Repost(RepoRecord):
     subject_cid = models.TextField(blank=True, default="")
 
     class Meta:
-        indexes = record_indexes("repost", models.Index(fields=["subject_uri"], name="repost_subject_idx"))
+        indexes = record_indexes(
+            "repost", models.Index(fields=["subject_uri", "-sort_at", "-uri"], name="repost_subject_sort_idx")
+        )
 
 
 class Follow(RepoRecord):
@@ -137,7 +146,9 @@ class Follow(RepoRecord):
     subject_did = models.TextField()
 
     class Meta:
-        indexes = record_indexes("follow", models.Index(fields=["subject_did"], name="follow_subject_idx"))
+        indexes = record_indexes(
+            "follow", models.Index(fields=["subject_did", "-sort_at", "-uri"], name="follow_subject_sort_idx")
+        )
 
 
 class Block(RepoRecord):
@@ -182,7 +193,7 @@ class ListItem(RepoRecord):
     class Meta:
         indexes = record_indexes(
             "listitem",
-            models.Index(fields=["list_uri"], name="listitem_list_idx"),
+            models.Index(fields=["list_uri", "-sort_at", "-uri"], name="listitem_list_sort_idx"),
             models.Index(fields=["subject_did"], name="listitem_subject_idx"),
         )
 

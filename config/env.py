@@ -108,6 +108,15 @@ def env_database_url(name: str, default: str) -> DatabaseUrl:
     )
 
 
+def env_url(name: str, default: str) -> str:
+    """An http(s) base URL, without a trailing slash."""
+    raw = os.environ.get(name) or default
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ConfigError(name, f"must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
 def env_redis_url(name: str, default: str) -> str:
     raw = os.environ.get(name) or default
     scheme = urlsplit(raw).scheme

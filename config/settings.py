@@ -11,6 +11,7 @@ from config.env import (
     env_list,
     env_redis_url,
     env_str,
+    env_url,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ INSTALLED_APPS = [
     "firehose",
     "relaysim",
     "dashboard",
+    "xrpc",
 ]
 
 MIDDLEWARE = [
@@ -103,6 +105,13 @@ CHANNEL_LAYERS = {
 }
 
 RELAY_URL = env_str("RELAY_URL", "wss://bsky.network")
+
+# The read API (SPEC section 13).
+IMAGE_CDN_URL = env_url("IMAGE_CDN_URL", "https://cdn.bsky.app")
+VIDEO_CDN_URL = env_url("VIDEO_CDN_URL", "https://video.bsky.app")
+XRPC_RATE_LIMIT = env_int("XRPC_RATE_LIMIT", 3000, minimum=1)  # requests per IP per window
+XRPC_RATE_WINDOW_SECONDS = env_int("XRPC_RATE_WINDOW_SECONDS", 300, minimum=1)
+XRPC_STATEMENT_TIMEOUT_MS = env_int("XRPC_STATEMENT_TIMEOUT_MS", 5000, minimum=10)
 
 # Tunables of the pipeline (SPEC sections 5 and 7).
 STREAM_HIGH_WATER = env_int("STREAM_HIGH_WATER", 200_000, minimum=100)

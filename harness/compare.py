@@ -2,8 +2,8 @@
 and a readable difference between two snapshots.
 
 Columns that hold the wall-clock time of a write (``indexed_at``, ``first_seen_at``, ``updated_at``,
-``deleted_at``) differ between any two runs and are left out; every other column is compared. Ledger
-tables (``LEDGERS``) are compared by their sum per key.
+``deleted_at``, and ``sort_at``, which falls back to ``indexed_at``) differ between any two runs and are left
+out; every other column is compared. Ledger tables (``LEDGERS``) are compared by their sum per key.
 """
 
 from dataclasses import dataclass, field
@@ -15,7 +15,7 @@ from django.apps import apps
 from harness.servers import connect
 from pipeline import redis_store
 
-WALL_CLOCK_COLUMNS = frozenset({"indexed_at", "first_seen_at", "updated_at", "deleted_at"})
+WALL_CLOCK_COLUMNS = frozenset({"indexed_at", "first_seen_at", "updated_at", "deleted_at", "sort_at"})
 # Ledgers whose rows depend on how events were batched and when they were folded; what they mean is the
 # sum of the delta column per key, which is what is compared.
 LEDGERS = {"RowCountDelta": ("key", "delta")}

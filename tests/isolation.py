@@ -6,4 +6,7 @@ import uuid
 
 RUN_ID = uuid.uuid4().hex[:8]
 os.environ["REDIS_KEY_PREFIX"] = f"test-{RUN_ID}:"
+# Connections opened by the read API's pool threads close after each call, so none is left holding the test
+# database when pytest drops it.
+os.environ["DB_CONN_MAX_AGE"] = "0"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

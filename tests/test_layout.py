@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("protocol", "pipeline", "firehose", "relaysim", "appview", "dashboard", "config", "harness", "bench",
-            "tests")
+PACKAGES = ("protocol", "pipeline", "firehose", "relaysim", "appview", "xrpc", "dashboard", "config", "harness",
+            "bench", "tests")
 # The project packages each top-level package may import, besides itself.
 ALLOWED = {
     "protocol": set(),
@@ -19,10 +19,11 @@ ALLOWED = {
     "firehose": {"protocol", "pipeline"},
     "relaysim": {"protocol"},
     "appview": {"protocol", "pipeline"},
+    "xrpc": {"protocol", "pipeline", "appview"},
     "dashboard": {"pipeline", "appview"},
     "config": {"dashboard"},
     "harness": {"protocol", "pipeline"},
-    "bench": {"protocol", "pipeline", "appview", "relaysim", "harness"},
+    "bench": {"protocol", "pipeline", "appview", "xrpc", "relaysim", "harness"},
     "tests": set(PACKAGES) - {"bench"},
 }
 # Outside libraries a package must not use.

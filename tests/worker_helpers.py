@@ -19,14 +19,13 @@ from django.db import connection
 
 from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK
 from appview.indexing.worker import Worker
+from harness.compare import WALL_CLOCK_COLUMNS
 from harness.events import DID, TID, WHEN, commit_frame
 from pipeline import redis_store, stream
 from protocol.cid import cid_for_block
 from protocol.testing import encode_car, encode_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-# Columns whose values depend on when a row was written, not on what was indexed.
-TIME_COLUMNS = {"indexed_at", "first_seen_at", "updated_at", "deleted_at"}
 OTHER = "did:plc:yk4dd2qkboz2yv6tpubpc6co"
 CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"  # a valid record CID
 
@@ -117,7 +116,7 @@ def snapshot() -> dict[str, Any]:
                 result[table] = cursor.fetchall()
                 continue
             cursor.execute(f"SELECT * FROM {table} LIMIT 0")
-            columns = [c.name for c in cursor.description if c.name not in TIME_COLUMNS]
+            columns = [c.name for c in cursor.description if c.name not in WALL_CLOCK_COLUMNS]
             cursor.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY 1")
             result[table] = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     return result

@@ -53,7 +53,8 @@ def counted_columns(collection: str) -> list[str]:
 
 def _written_by_batch(model: type[Model]) -> tuple[tuple[str, str], ...]:
     """(column, PostgreSQL type) of the fields a write fills: all but those PostgreSQL fills itself."""
-    return tuple((f.column, f.db_type(connection)) for f in model._meta.fields if not f.has_db_default())
+    return tuple((f.column, f.db_type(connection)) for f in model._meta.fields
+                 if not f.has_db_default() and not f.generated)
 
 
 def _literal(value: Any) -> str:

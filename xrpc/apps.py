@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class XrpcConfig(AppConfig):
+    name = "xrpc"
+    verbose_name = "XRPC read API"
