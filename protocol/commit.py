@@ -7,6 +7,7 @@ import libipld
 
 from protocol import syntax
 from protocol.car import CarError, block_spans
+from protocol.dagcbor import decode_record
 from protocol.frames import FrameError
 
 OP_ACTIONS = ("create", "update", "delete")
@@ -63,7 +64,7 @@ def _record_op(op: Any, blocks: bytes, spans: dict[bytes, tuple[int, int]]) -> R
     if span is None:
         raise FrameError(f"commit op {action} of {path}: its record block is missing from the CAR")
     try:
-        record = libipld.decode_dag_cbor(blocks[span[0]:span[1]])
+        record = decode_record(blocks[span[0]:span[1]])
         cid_text = libipld.encode_cid(cid)
     except (ValueError, RecursionError, OverflowError) as exc:
         raise FrameError(f"commit op {action} of {path}: its record block or CID is not valid: {exc}") from None

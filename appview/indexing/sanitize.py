@@ -1,8 +1,8 @@
 """Makes values from the network safe to store: PostgreSQL text and jsonb refuse NUL characters, jsonb
 refuses NaN and infinities, and nothing bounds the size of what a repo puts in a record.
 
-Records decode from DAG-CBOR with CID links and byte strings both as ``bytes``; they are stored in the
-data model's JSON form (``{"$link": cid}`` and ``{"$bytes": base64}``).
+Records decode from DAG-CBOR with CID links as ``protocol.dagcbor.Link`` and byte strings as ``bytes``; they are
+stored in the data model's JSON form (``{"$link": cid}`` and ``{"$bytes": base64 without padding}``).
 """
 
 import base64
@@ -16,26 +16,26 @@ import libipld
 import orjson
 
 from protocol import syntax
+from protocol.dagcbor import Link
 
 # A valid record is far smaller (the largest lexicon string is 100 KB of alt text, and records of the
 # network stay within a few KB); above this the record is stored reduced, so one repo cannot bloat a table.
 RAW_MAX_BYTES = 64 * 1024
 STRING_MAX_CHARS = 16 * 1024
 MAX_DEPTH = 32
-# A binary CIDv1 with a sha2-256 multihash: version 1, codec (raw, dag-cbor or dag-pb), 0x12, 32 bytes.
-_CID_CODECS = frozenset((0x55, 0x71, 0x70))
 # The form nearly every record uses; anything else goes through the full syntax check.
 _COMMON_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?Z")
 
 
 def link_or_bytes(value: bytes) -> dict[str, str]:
-    """The JSON form of a decoded CID link (recognised by its shape) or of a byte string."""
-    if len(value) == 36 and value[0] == 1 and value[1] in _CID_CODECS and value[2] == 0x12 and value[3] == 32:
+    """The data model's JSON form of a CID link (``Link``) or of a byte string (base64 without padding). A
+    link that is no valid CID is kept as its bytes."""
+    if isinstance(value, Link):
         try:
-            return {"$link": libipld.encode_cid(value)}
+            return {"$link": libipld.encode_cid(bytes(value))}
         except ValueError:
             pass
-    return {"$bytes": base64.b64encode(value).decode("ascii")}
+    return {"$bytes": base64.b64encode(value).decode("ascii").rstrip("=")}
 
 
 def _default(value: Any) -> Any:
@@ -169,7 +169,7 @@ class Fields:
             return None
         if isinstance(value, dict):
             ref = value.get("ref")
-            if isinstance(ref, bytes):
+            if isinstance(ref, Link):
                 link = link_or_bytes(ref).get("$link")
                 if link is not None:
                     return link
