@@ -33,6 +33,7 @@ from appview.models import (
     StarterPack,
     Threadgate,
 )
+from protocol import syntax
 
 HIDDEN_STATUSES = ("deactivated", "takendown", "suspended", "deleted")
 INVALID_HANDLE = "handle.invalid"
@@ -41,6 +42,7 @@ ACTOR = Actor._meta.db_table
 PROFILE = Profile._meta.db_table
 _RECORD_EMBED = "app.bsky.embed.record"
 _RECORD_WITH_MEDIA = "app.bsky.embed.recordWithMedia"
+IMAGES_MAX = 4
 
 
 def query(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -70,15 +72,28 @@ def image_url(preset: str, did: str, cid: str) -> str:
     return f"{settings.IMAGE_CDN_URL}/img/{preset}/plain/{did}/{cid}@jpeg"
 
 
+def bounded_text(value: Any, *, max_bytes: int, max_graphemes: int | None = None) -> str | None:
+    """A string field of a record as a view may carry it: a string, cut to the lexicon's bounds (records
+    are stored as their repos sent them, limits or not). Cutting to ``max_graphemes`` code points keeps
+    within as many graphemes."""
+    if not isinstance(value, str):
+        return None
+    if max_graphemes is not None:
+        value = value[:max_graphemes]
+    encoded = value.encode()
+    if len(encoded) > max_bytes:
+        value = encoded[:max_bytes].decode(errors="ignore")
+    return value
+
+
 def _blob_cid(blob: Any) -> str | None:
     """The CID of a blob in the data model's JSON (``{"$type": "blob", "ref": {"$link": cid}}``, or the legacy
     ``{"cid": ...}`` form)."""
     if not isinstance(blob, dict):
         return None
     ref = blob.get("ref")
-    if isinstance(ref, dict) and isinstance(ref.get("$link"), str):
-        return ref["$link"]
-    return blob.get("cid") if isinstance(blob.get("cid"), str) else None
+    cid = ref.get("$link") if isinstance(ref, dict) else blob.get("cid")
+    return cid if syntax.is_cid(cid) else None
 
 
 def did_of(uri: str) -> str:
@@ -148,10 +163,12 @@ def _actor_row(row: tuple[Any, ...]) -> ActorRow:
     pinned_ref = None
     if isinstance(pinned, str):
         pinned = orjson.loads(pinned)
-    if isinstance(pinned, dict) and isinstance(pinned.get("uri"), str) and isinstance(pinned.get("cid"), str):
+    if isinstance(pinned, dict) and syntax.is_at_uri(pinned.get("uri")) and syntax.is_cid(pinned.get("cid")):
         pinned_ref = {"uri": pinned["uri"], "cid": pinned["cid"]}
-    return ActorRow(did=did, handle=handle, visible=visible, status=status, display_name=display_name,
-                    description=description, avatar_cid=avatar, banner_cid=banner, pinned=pinned_ref,
+    return ActorRow(did=did, handle=handle, visible=visible, status=status,
+                    display_name=bounded_text(display_name, max_bytes=640, max_graphemes=64),
+                    description=bounded_text(description, max_bytes=2560, max_graphemes=256),
+                    avatar_cid=avatar, banner_cid=banner, pinned=pinned_ref,
                     created_at=iso(created_at), indexed_at=iso(indexed_at), followers=followers, follows=follows,
                     posts=posts)
 
@@ -276,7 +293,7 @@ def _quoted_uri(record: dict[str, Any]) -> str | None:
         outer = embed.get("record")
         target = outer.get("record") if isinstance(outer, dict) else None
     uri = target.get("uri") if isinstance(target, dict) else None
-    return uri if isinstance(uri, str) and uri.startswith("at://") else None
+    return uri if syntax.is_at_uri(uri) and uri.startswith("at://did:") else None
 
 
 @dataclass(slots=True)
@@ -423,15 +440,15 @@ def _embed_view(hydration: PostHydration, row: PostRow, *, depth: int) -> dict[s
         return None
     kind = embed.get("$type")
     if kind == _RECORD_EMBED:
-        return {"$type": f"{_RECORD_EMBED}#view", "record": _record_view(hydration, row, embed.get("record"), depth)}
+        record = _record_view(hydration, row, embed.get("record"), depth)
+        return None if record is None else {"$type": f"{_RECORD_EMBED}#view", "record": record}
     if kind == _RECORD_WITH_MEDIA:
         outer = embed.get("record")
         media = _media_view(row.did, embed.get("media"))
-        inner = outer.get("record") if isinstance(outer, dict) else None
-        if media is None:
-            return None
-        return {"$type": f"{_RECORD_WITH_MEDIA}#view",
-                "record": {"$type": f"{_RECORD_EMBED}#view", "record": _record_view(hydration, row, inner, depth)},
+        record = _record_view(hydration, row, outer.get("record") if isinstance(outer, dict) else None, depth)
+        if media is None or record is None:
+            return media
+        return {"$type": f"{_RECORD_WITH_MEDIA}#view", "record": {"$type": f"{_RECORD_EMBED}#view", "record": record},
                 "media": media}
     return _media_view(row.did, embed)
 
@@ -443,7 +460,8 @@ def _media_view(did: str, embed: Any) -> dict[str, Any] | None:
     kind = embed.get("$type")
     if kind == "app.bsky.embed.images":
         images = []
-        for image in embed.get("images") or ():
+        listed = embed.get("images")
+        for image in listed if isinstance(listed, list) else ():
             cid = _blob_cid(image.get("image")) if isinstance(image, dict) else None
             if cid is None:
                 continue
@@ -454,10 +472,12 @@ def _media_view(did: str, embed: Any) -> dict[str, Any] | None:
             if ratio:
                 view["aspectRatio"] = ratio
             images.append(view)
-        return {"$type": "app.bsky.embed.images#view", "images": images}
+        if not images:
+            return None
+        return {"$type": "app.bsky.embed.images#view", "images": images[:IMAGES_MAX]}
     if kind == "app.bsky.embed.external":
         external = embed.get("external")
-        if not isinstance(external, dict):
+        if not isinstance(external, dict) or not syntax.is_uri(external.get("uri")):
             return None
         view = {key: external.get(key) if isinstance(external.get(key), str) else ""
                 for key in ("uri", "title", "description")}
@@ -472,8 +492,9 @@ def _media_view(did: str, embed: Any) -> dict[str, Any] | None:
         view = {"$type": "app.bsky.embed.video#view", "cid": cid,
                 "playlist": f"{settings.VIDEO_CDN_URL}/watch/{did}/{cid}/playlist.m3u8",
                 "thumbnail": f"{settings.VIDEO_CDN_URL}/watch/{did}/{cid}/thumbnail.jpg"}
-        if isinstance(embed.get("alt"), str):
-            view["alt"] = embed["alt"]
+        alt = bounded_text(embed.get("alt"), max_bytes=10_000, max_graphemes=1000)
+        if alt:
+            view["alt"] = alt
         ratio = _aspect_ratio(embed.get("aspectRatio"))
         if ratio:
             view["aspectRatio"] = ratio
@@ -489,10 +510,11 @@ def _aspect_ratio(value: Any) -> dict[str, int] | None:
     return None
 
 
-def _record_view(hydration: PostHydration, quoting: PostRow, ref: Any, depth: int) -> dict[str, Any]:
+def _record_view(hydration: PostHydration, quoting: PostRow, ref: Any, depth: int) -> dict[str, Any] | None:
+    """The view of a quoted record, or None when the quote names no valid AT-URI (nothing to show)."""
     uri = ref.get("uri") if isinstance(ref, dict) else None
-    if not isinstance(uri, str) or not uri.startswith("at://"):
-        return {"$type": f"{_RECORD_EMBED}#viewNotFound", "uri": str(uri or ""), "notFound": True}
+    if not syntax.is_at_uri(uri) or not uri.startswith("at://did:"):
+        return None
     not_found = {"$type": f"{_RECORD_EMBED}#viewNotFound", "uri": uri, "notFound": True}
     if (uri, quoting.uri) in hydration.detached:
         return {"$type": f"{_RECORD_EMBED}#viewDetached", "uri": uri, "detached": True}
@@ -529,9 +551,11 @@ def _quoted_record_view(hydration: PostHydration, uri: str) -> dict[str, Any] | 
     collection, cid, record, did = found
     creator = hydration.actors[did]
     if collection == FeedGenerator.collection:
-        return {"$type": "app.bsky.feed.defs#generatorView", **generator_fields(uri, cid, record, creator)}
+        generator = generator_fields(uri, cid, record, creator)
+        return None if generator is None else {"$type": "app.bsky.feed.defs#generatorView", **generator}
     if collection == List.collection:
-        return {"$type": "app.bsky.graph.defs#listView", **list_fields(uri, cid, record, creator)}
+        listed = list_fields(uri, cid, record, creator)
+        return None if listed is None else {"$type": "app.bsky.graph.defs#listView", **listed}
     if collection == StarterPack.collection:
         return {"$type": "app.bsky.graph.defs#starterPackViewBasic", "uri": uri, "cid": cid, "record": record,
                 "creator": creator.basic(), "labels": [], "indexedAt": creator.indexed_at or iso_now()}
@@ -544,13 +568,16 @@ def iso_now() -> str:
 
 
 def generator_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorRow,
-                     indexed_at: str | None = None, likes: int = 0) -> dict[str, Any]:
-    view: dict[str, Any] = {"uri": uri, "cid": cid, "did": record.get("did") if isinstance(record.get("did"), str)
-                            else creator.did, "creator": creator.view(),
-                            "displayName": record.get("displayName") if isinstance(record.get("displayName"), str)
-                            else ""}
-    if isinstance(record.get("description"), str):
-        view["description"] = record["description"]
+                     indexed_at: str | None = None, likes: int = 0) -> dict[str, Any] | None:
+    """The fields of a generatorView, or None for a record that names no valid service DID."""
+    if not syntax.is_did(record.get("did")):
+        return None
+    view: dict[str, Any] = {"uri": uri, "cid": cid, "did": record["did"], "creator": creator.view(),
+                            "displayName": bounded_text(record.get("displayName"), max_bytes=240,
+                                                        max_graphemes=24) or ""}
+    description = bounded_text(record.get("description"), max_bytes=3000, max_graphemes=300)
+    if description:
+        view["description"] = description
     avatar = _blob_cid(record.get("avatar"))
     if avatar:
         view["avatar"] = image_url("avatar", creator.did, avatar)
@@ -559,12 +586,16 @@ def generator_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorR
 
 
 def list_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorRow, indexed_at: str | None = None,
-                items: int | None = None) -> dict[str, Any]:
-    view: dict[str, Any] = {"uri": uri, "cid": cid, "creator": creator.view(),
-                            "name": record.get("name") if isinstance(record.get("name"), str) else "",
-                            "purpose": record.get("purpose") if isinstance(record.get("purpose"), str) else ""}
-    if isinstance(record.get("description"), str):
-        view["description"] = record["description"]
+                items: int | None = None) -> dict[str, Any] | None:
+    """The fields of a listView, or None for a record without a name or a purpose."""
+    name = bounded_text(record.get("name"), max_bytes=64)
+    purpose = record.get("purpose")
+    if not name or not isinstance(purpose, str) or not purpose:
+        return None
+    view: dict[str, Any] = {"uri": uri, "cid": cid, "creator": creator.view(), "name": name, "purpose": purpose}
+    description = bounded_text(record.get("description"), max_bytes=3000, max_graphemes=300)
+    if description:
+        view["description"] = description
     avatar = _blob_cid(record.get("avatar"))
     if avatar:
         view["avatar"] = image_url("avatar", creator.did, avatar)

@@ -192,9 +192,14 @@ def _generator_views(uris: list[str]) -> dict[str, dict[str, Any]]:
     creators = {did: row for did, row in hydration.actors(row[4] for row in rows.values()).items() if row.visible}
     likes = dict(hydration.query(f"SELECT subject_uri, count(*) FROM {Like._meta.db_table}"
                                  " WHERE subject_uri = ANY(%s) GROUP BY 1", [list(rows)])) if rows else {}
-    return {uri: hydration.generator_fields(uri, cid, hydration.json_value(raw), creators[did],
-                                            hydration.iso(indexed_at), likes.get(uri, 0))
-            for uri, (_, cid, raw, indexed_at, did) in rows.items() if did in creators}
+    views = {}
+    for uri, (_, cid, raw, indexed_at, did) in rows.items():
+        if did in creators:
+            view = hydration.generator_fields(uri, cid, hydration.json_value(raw), creators[did],
+                                              hydration.iso(indexed_at), likes.get(uri, 0))
+            if view is not None:
+                views[uri] = view
+    return views
 
 
 def get_feed_generator(params: dict[str, Any]) -> dict[str, Any]:

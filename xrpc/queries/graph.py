@@ -32,10 +32,14 @@ def _list_views(rows: list[tuple[Any, ...]]) -> dict[str, dict[str, Any]]:
     """listViews of list rows (uri, cid, raw, indexed_at, did) whose creators are visible."""
     creators = {did: row for did, row in hydration.actors(row[4] for row in rows).items() if row.visible}
     counts = hydration.list_item_counts([row[0] for row in rows])
-    return {uri: {"$type": f"{GRAPH_DEFS}#listView",
-                  **hydration.list_fields(uri, cid, hydration.json_value(raw), creators[did], hydration.iso(indexed_at),
-                                          counts.get(uri, 0))}
-            for uri, cid, raw, indexed_at, did in rows if did in creators}
+    views = {}
+    for uri, cid, raw, indexed_at, did in rows:
+        if did in creators:
+            view = hydration.list_fields(uri, cid, hydration.json_value(raw), creators[did], hydration.iso(indexed_at),
+                                         counts.get(uri, 0))
+            if view is not None:
+                views[uri] = {"$type": f"{GRAPH_DEFS}#listView", **view}
+    return views
 
 
 def get_lists(params: dict[str, Any]) -> dict[str, Any]:
