@@ -151,7 +151,7 @@ def test_it_stores_nul_characters_and_huge_texts_sanitised() -> None:
     note = GenericRecord.objects.get(uri=f"at://{DID}/com.example.note/3lmxjza3h2i23")
     assert note.raw["key"] == ["v", {"deep": ""}]
     assert note.raw["big"] == 2**64 - 1
-    assert note.raw["blob"] == {"$bytes": "AAE="}
+    assert note.raw["blob"] == {"$bytes": "AAE"}  # the data model's base64 has no padding
     truncated = GenericRecord.objects.get(uri=f"at://{DID}/com.example.note/3lmxjza3h2i24")
     assert truncated.raw == {"$type": "com.example.note", "text": "x" * 16384}
     assert Post.objects.filter(text="after").exists()

@@ -13,13 +13,15 @@ import libipld
 import pytest
 from django.test import Client
 
+from appview.indexing.sanitize import record_json
 from harness.events import DID, TID, WHEN, push
 from pipeline import redis_store
 from protocol.cid import cid_for_block
+from protocol.dagcbor import decode_record
 from protocol.testing import car_of_cids, encode_frame
 from relaysim.scenarios import load_scenario
 from tests import dag_cbor_json
-from tests.conftest import SCENARIOS, fixture_files
+from tests.conftest import FIXTURES, SCENARIOS, fixture_files
 from tests.worker_helpers import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -226,3 +228,13 @@ def test_it_tells_links_from_byte_strings(value: bytes) -> None:
     assert status == 200, answer
     assert answer["cid"] == dag_cbor_json.cid_text(cid)
     assert canonical(answer["value"]) == canonical(dag_cbor_json.decode(block))
+
+
+@pytest.mark.parametrize("case", json.loads((FIXTURES / "interop" / "data-model" / "data-model-fixtures.json")
+                                            .read_text()), ids=lambda case: case["cid"][:16])
+def test_it_converts_the_interop_data_model_fixtures_as_they_say(case: dict[str, Any]) -> None:
+    block = base64.b64decode(case["cbor_base64"] + "=" * (-len(case["cbor_base64"]) % 4))
+    assert dag_cbor_json.cid_text(cid_for_block(block)) == case["cid"]
+    stored, altered = record_json(decode_record(block))
+    assert not altered
+    assert json.loads(stored) == case["json"]
