@@ -147,7 +147,10 @@ class Follow(RepoRecord):
 
     class Meta:
         indexes = record_indexes(
-            "follow", models.Index(fields=["subject_did", "-sort_at", "-uri"], name="follow_subject_sort_idx")
+            "follow",
+            models.Index(fields=["subject_did", "-sort_at", "-uri"], name="follow_subject_sort_idx"),
+            # Who follows whom between two given accounts (relationships, follows of hidden accounts).
+            models.Index(fields=["did", "subject_did"], name="follow_did_subject_idx"),
         )
 
 

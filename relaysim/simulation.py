@@ -37,7 +37,7 @@ import bisect
 import random
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,10 +181,55 @@ def _facet(start: int, end: int, feature: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Template:
+class PostTemplate:
     text: str
     facets: list[dict[str, Any]] | None
     langs: list[str] | None
+
+
+def post_template(rng: random.Random, dids: Sequence[str], handles: Sequence[str]) -> "PostTemplate":
+    """A post's text as people write them: sentences in several scripts, emoji, mentions of ``dids`` (by
+    their ``handles``), links and tags, with facets at the right UTF-8 byte offsets."""
+    lang = rng.choice(_LANGS)
+    parts: list[str] = []
+    facets: list[dict[str, Any]] = []
+    size = 0
+
+    def add(text: str) -> tuple[int, int]:
+        nonlocal size
+        start = size
+        parts.append(text)
+        size += len(text.encode())
+        return start, size
+
+    for index in range(rng.randint(1, 3)):
+        if index:
+            add(" ")
+        add(rng.choice(_SENTENCES[lang]))
+    if rng.random() < 0.25:
+        add(" " + rng.choice(_EMOJI))
+    if rng.random() < 0.2:
+        mentioned = int(len(dids) * rng.random() ** 2)
+        add(" ")
+        start, end = add("@" + handles[mentioned])
+        facets.append(
+            _facet(start, end, {"$type": "app.bsky.richtext.facet#mention", "did": dids[mentioned]})
+        )
+    if rng.random() < 0.15:
+        link = rng.choice(_LINKS)
+        shown = link.split("://", 1)[1]
+        if len(shown) > 28:
+            shown = shown[:25] + "..."
+        add(" ")
+        start, end = add(shown)
+        facets.append(_facet(start, end, {"$type": "app.bsky.richtext.facet#link", "uri": link}))
+    if rng.random() < 0.1:
+        tag = rng.choice(_TAGS)
+        add(" ")
+        start, end = add("#" + tag)
+        facets.append(_facet(start, end, {"$type": "app.bsky.richtext.facet#tag", "tag": tag}))
+    langs = [lang] if rng.random() < 0.9 else None
+    return PostTemplate("".join(parts), facets or None, langs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,48 +397,8 @@ class SyntheticFirehose:
         cid = libipld.encode_cid(DAG_CBOR_CID_PREFIX + self._rng.randbytes(32))
         self._remember_post(_Post(uri, cid, uri, cid))
 
-    def _template(self) -> _Template:
-        rng = self._rng
-        lang = rng.choice(_LANGS)
-        parts: list[str] = []
-        facets: list[dict[str, Any]] = []
-        size = 0
-
-        def add(text: str) -> tuple[int, int]:
-            nonlocal size
-            start = size
-            parts.append(text)
-            size += len(text.encode())
-            return start, size
-
-        for index in range(rng.randint(1, 3)):
-            if index:
-                add(" ")
-            add(rng.choice(_SENTENCES[lang]))
-        if rng.random() < 0.25:
-            add(" " + rng.choice(_EMOJI))
-        if rng.random() < 0.2:
-            mentioned = int(len(self._dids) * rng.random() ** 2)
-            add(" ")
-            start, end = add("@" + self._handles[mentioned])
-            facets.append(
-                _facet(start, end, {"$type": "app.bsky.richtext.facet#mention", "did": self._dids[mentioned]})
-            )
-        if rng.random() < 0.15:
-            link = rng.choice(_LINKS)
-            shown = link.split("://", 1)[1]
-            if len(shown) > 28:
-                shown = shown[:25] + "..."
-            add(" ")
-            start, end = add(shown)
-            facets.append(_facet(start, end, {"$type": "app.bsky.richtext.facet#link", "uri": link}))
-        if rng.random() < 0.1:
-            tag = rng.choice(_TAGS)
-            add(" ")
-            start, end = add("#" + tag)
-            facets.append(_facet(start, end, {"$type": "app.bsky.richtext.facet#tag", "tag": tag}))
-        langs = [lang] if rng.random() < 0.9 else None
-        return _Template("".join(parts), facets or None, langs)
+    def _template(self) -> PostTemplate:
+        return post_template(self._rng, self._dids, self._handles)
 
     # -- frames ----------------------------------------------------------------------------------------
 

@@ -11,25 +11,12 @@ required keys, nulls only where ``nullable`` says, string bytes, graphemes, form
 
 import re
 import unicodedata
-from collections.abc import Callable
 from typing import Any
 
 from protocol import syntax
 from xrpc.lexicons import documents
+from xrpc.params import FORMATS
 
-FORMATS: dict[str, Callable[[object], bool]] = {
-    "did": syntax.is_did,
-    "handle": syntax.is_handle,
-    "at-identifier": syntax.is_at_identifier,
-    "at-uri": syntax.is_at_uri,
-    "nsid": syntax.is_nsid,
-    "cid": syntax.is_cid,
-    "datetime": syntax.is_datetime,
-    "uri": syntax.is_uri,
-    "language": syntax.is_language,
-    "tid": syntax.is_tid,
-    "record-key": syntax.is_record_key,
-}
 _MIME = re.compile(r"[a-z0-9.+-]+/[a-z0-9.+*-]+", re.IGNORECASE)
 
 

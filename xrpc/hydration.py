@@ -567,6 +567,16 @@ def iso_now() -> str:
     return iso(timezone.now()) or ""
 
 
+def _add_description_and_avatar(view: dict[str, Any], record: dict[str, Any], did: str) -> None:
+    """A feed generator's or a list's description and avatar, as their views show them."""
+    description = bounded_text(record.get("description"), max_bytes=3000, max_graphemes=300)
+    if description:
+        view["description"] = description
+    avatar = _blob_cid(record.get("avatar"))
+    if avatar:
+        view["avatar"] = image_url("avatar", did, avatar)
+
+
 def generator_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorRow,
                      indexed_at: str | None = None, likes: int = 0) -> dict[str, Any] | None:
     """The fields of a generatorView, or None for a record that names no valid service DID."""
@@ -575,12 +585,7 @@ def generator_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorR
     view: dict[str, Any] = {"uri": uri, "cid": cid, "did": record["did"], "creator": creator.view(),
                             "displayName": bounded_text(record.get("displayName"), max_bytes=240,
                                                         max_graphemes=24) or ""}
-    description = bounded_text(record.get("description"), max_bytes=3000, max_graphemes=300)
-    if description:
-        view["description"] = description
-    avatar = _blob_cid(record.get("avatar"))
-    if avatar:
-        view["avatar"] = image_url("avatar", creator.did, avatar)
+    _add_description_and_avatar(view, record, creator.did)
     view.update({"likeCount": likes, "labels": [], "indexedAt": indexed_at or creator.indexed_at or iso_now()})
     return view
 
@@ -593,12 +598,7 @@ def list_fields(uri: str, cid: str, record: dict[str, Any], creator: ActorRow, i
     if not name or not isinstance(purpose, str) or not purpose:
         return None
     view: dict[str, Any] = {"uri": uri, "cid": cid, "creator": creator.view(), "name": name, "purpose": purpose}
-    description = bounded_text(record.get("description"), max_bytes=3000, max_graphemes=300)
-    if description:
-        view["description"] = description
-    avatar = _blob_cid(record.get("avatar"))
-    if avatar:
-        view["avatar"] = image_url("avatar", creator.did, avatar)
+    _add_description_and_avatar(view, record, creator.did)
     if items is not None:
         view["listItemCount"] = items
     view.update({"labels": [], "indexedAt": indexed_at or creator.indexed_at or iso_now()})

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from appview.models import Block, Follow, Like, List, ListItem, Repost, StarterPack
+from appview.models import Block, Follow, Like, List, ListItem, Post, Repost, StarterPack
 from xrpc import hydration
 from xrpc.errors import XrpcError, invalid_request
 from xrpc.hydration import ACTOR, POST, ActorRow, query, visible_sql
@@ -108,40 +108,39 @@ def _page(sql: str, params: list[Any], alias: str, *, limit: int,
                  [*params, *after_params, limit])
 
 
+def _accounts_page(model: type[Any], key_column: str, key: str, account_column: str, *, limit: int,
+                   cursor: tuple[datetime, str] | None, columns: str = "") -> list[tuple[Any, ...]]:
+    """(sort_at, uri, account, *columns) of the rows of ``model`` whose ``key_column`` is ``key`` and whose
+    ``account_column`` names a visible account, newest first."""
+    return _page(f"SELECT x.sort_at, x.uri, x.{account_column}{columns} FROM {model._meta.db_table} x"
+                 f" JOIN {ACTOR} a ON a.did = x.{account_column} WHERE x.{key_column} = %s AND {visible_sql('a')}",
+                 [key], "x", limit=limit, cursor=cursor)
+
+
 def likes(subject: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
     """(sort_at, uri, liker, created_at, indexed_at) of a post's likes by visible accounts."""
-    return _page(f"SELECT x.sort_at, x.uri, x.did, x.created_at, x.indexed_at FROM {Like._meta.db_table} x"
-                 f" JOIN {ACTOR} a ON a.did = x.did WHERE x.subject_uri = %s AND {visible_sql('a')}",
-                 [subject], "x", limit=limit, cursor=cursor)
+    return _accounts_page(Like, "subject_uri", subject, "did", limit=limit, cursor=cursor,
+                          columns=", x.created_at, x.indexed_at")
 
 
 def reposters(subject: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
-    return _page(f"SELECT x.sort_at, x.uri, x.did FROM {Repost._meta.db_table} x"
-                 f" JOIN {ACTOR} a ON a.did = x.did WHERE x.subject_uri = %s AND {visible_sql('a')}",
-                 [subject], "x", limit=limit, cursor=cursor)
+    return _accounts_page(Repost, "subject_uri", subject, "did", limit=limit, cursor=cursor)
 
 
 def quotes(subject: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
-    return _page(f"SELECT x.sort_at, x.uri FROM {POST} x JOIN {ACTOR} a ON a.did = x.did"
-                 f" WHERE x.quote_uri = %s AND {visible_sql('a')}", [subject], "x", limit=limit, cursor=cursor)
+    return _accounts_page(Post, "quote_uri", subject, "did", limit=limit, cursor=cursor)
 
 
 def followers(did: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
-    return _page(f"SELECT x.sort_at, x.uri, x.did FROM {Follow._meta.db_table} x"
-                 f" JOIN {ACTOR} a ON a.did = x.did WHERE x.subject_did = %s AND {visible_sql('a')}",
-                 [did], "x", limit=limit, cursor=cursor)
+    return _accounts_page(Follow, "subject_did", did, "did", limit=limit, cursor=cursor)
 
 
 def follows(did: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
-    return _page(f"SELECT x.sort_at, x.uri, x.subject_did FROM {Follow._meta.db_table} x"
-                 f" JOIN {ACTOR} a ON a.did = x.subject_did WHERE x.did = %s AND {visible_sql('a')}",
-                 [did], "x", limit=limit, cursor=cursor)
+    return _accounts_page(Follow, "did", did, "subject_did", limit=limit, cursor=cursor)
 
 
 def list_items(list_uri: str, *, limit: int, cursor: tuple[datetime, str] | None) -> list[tuple[Any, ...]]:
-    return _page(f"SELECT x.sort_at, x.uri, x.subject_did FROM {ListItem._meta.db_table} x"
-                 f" JOIN {ACTOR} a ON a.did = x.subject_did WHERE x.list_uri = %s AND {visible_sql('a')}",
-                 [list_uri], "x", limit=limit, cursor=cursor)
+    return _accounts_page(ListItem, "list_uri", list_uri, "subject_did", limit=limit, cursor=cursor)
 
 
 def records_of(model: type[Any], did: str, *, limit: int, cursor: tuple[datetime, str] | None,

@@ -70,7 +70,10 @@ def _run(query: Callable[[dict[str, Any]], dict[str, Any]], values: dict[str, An
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION READ ONLY")
-            cursor.execute("SELECT set_config('statement_timeout', %s, true)",
+            # No parallel workers: each costs a process start, which made these millisecond queries 4-7 times
+            # slower and pushed the planner to sequential scans (docs/benchmarks.md, "Read API: findings").
+            cursor.execute("SELECT set_config('statement_timeout', %s, true),"
+                           " set_config('max_parallel_workers_per_gather', '0', true)",
                            [str(settings.XRPC_STATEMENT_TIMEOUT_MS)])
             return query(values)
     finally:
