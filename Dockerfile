@@ -13,9 +13,12 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-# collectstatic reads settings only; these values exist for that step and are not kept in the image's env.
-RUN SECRET_KEY=build-only python manage.py collectstatic --noinput --verbosity 0
+# collectstatic reads settings only; this throwaway key (the settings refuse weak ones) is not kept in the image.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+    python manage.py collectstatic --noinput --verbosity 0
 
 USER appview
 EXPOSE 5002
-CMD ["daphne", "--bind", "0.0.0.0", "--port", "5002", "--proxy-headers", "config.asgi:application"]
+# Trusts no X-Forwarded-* header: docker-compose.yml adds --proxy-headers (with TRUST_PROXY_HEADERS) for the web
+# service, which only its reverse proxy can reach.
+CMD ["daphne", "--bind", "0.0.0.0", "--port", "5002", "config.asgi:application"]

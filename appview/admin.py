@@ -1,24 +1,34 @@
 """Read-only admin over the indexed data.
 
 Records come from the network, so nothing here can be added, changed or deleted. Changelists stay fast on
-tables of 100M rows: no full COUNT(*) (estimated counts when unfiltered), searches that hit an index
-(exact DID, handle or AT-URI; post text through the full-text index), ordering by the primary key.
+tables of 100M rows, whatever the query string asks (SPEC section 14): no full COUNT(*) (estimated counts when
+unfiltered), no facet counts, filters limited to the declared ones, searches that hit an index (exact DID,
+handle or AT-URI; post text through the full-text index), sorting only by indexed columns. Sign-ins are
+throttled (``appview.login_throttle``).
 """
 
 import json
+import math
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth.models import Group, User
 from django.contrib.postgres.search import SearchQuery, SearchVector
+from django.core.exceptions import BadRequest, ValidationError
 from django.core.paginator import Paginator
 from django.db import connection, models
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from appview import login_throttle
 from appview.models import (
     MODEL_BY_COLLECTION,
     RECORD_MODELS,
@@ -72,11 +82,97 @@ def record_link(uri: str | None) -> str:
     return admin_link(model(uri=uri), uri)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ThrottledAuthenticationForm(AdminAuthenticationForm):
+    """The admin sign-in form, refusing attempts while ``login_throttle`` says so, before any password check."""
+
+    error_messages = {
+        **AdminAuthenticationForm.error_messages,
+        "throttled": "Too many failed sign-in attempts for this account or from your network. "
+                     "Try again in %(minutes)d minute(s).",
+    }
+
+    def clean(self) -> dict[str, Any]:
+        username, password = self.cleaned_data.get("username"), self.cleaned_data.get("password")
+        if username is None or not password:
+            return super().clean()  # a field is missing or invalid: no password is checked
+        address = (self.request.META.get("REMOTE_ADDR") if self.request else None) or "unknown"
+        wait = login_throttle.seconds_throttled(address, username)
+        if wait:
+            raise ValidationError(self.error_messages["throttled"], code="throttled",
+                                  params={"minutes": math.ceil(wait / 60)})
+        try:
+            cleaned = super().clean()
+        except ValidationError:
+            login_throttle.record_failure(address, username)
+            raise
+        login_throttle.clear_username(username)
+        return cleaned
+
+
+admin.site.login_form = ThrottledAuthenticationForm
+
+
+class DeclaredFiltersOnly(admin.ModelAdmin):
+    """Filters from the query string only through the declared ``list_filter`` (and ``link_lookups``, the exact
+    lookups the admin's own links use): anything else (``?text__icontains=``, ``?did__regex=(((``,
+    ``?raw__a__b=``) answers 400 instead of running whatever the URL asks for."""
+
+    link_lookups: tuple[str, ...] = ()
+    # The parameters Django's field filters read: exact values, null checks, date ranges, emptiness, and the
+    # target of a relation.
+    FILTER_SUFFIXES = ("", "__exact", "__isnull", "__gte", "__lt", "__isempty", "__id__exact", "__pk__exact")
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        if lookup in self.link_lookups:
+            return True
+        for item in self.get_list_filter(request) if request is not None else self.list_filter:
+            if isinstance(item, type) and issubclass(item, admin.SimpleListFilter):
+                if lookup == item.parameter_name:
+                    return True
+                continue
+            field = item[0] if isinstance(item, (list, tuple)) else item
+            if any(lookup == f"{field}{suffix}" for suffix in self.FILTER_SUFFIXES):
+                return super().lookup_allowed(lookup, value, request)
+        return False
+
+
+def indexed_columns(model: type[models.Model]) -> set[str]:
+    """The columns an ``ORDER BY ... LIMIT`` can read in order from a b-tree: the primary key, unique or indexed
+    fields, and the leading column of each plain (not partial, not BRIN or GIN) index. Nullable columns are left
+    out: their NULLs are one group that the tie-break on the primary key would sort whole (actors whose handle
+    is not known yet, for example)."""
+    names = {model._meta.pk.name}
+    names.update(field.name for field in model._meta.concrete_fields if field.unique or field.db_index)
+    for index in model._meta.indexes:
+        if type(index) is models.Index and index.fields and index.condition is None:
+            names.add(index.fields[0].removeprefix("-"))
+    return {name for name in names if not model._meta.get_field(name).null}
+
+
+class SortableOnlyChangeList(ChangeList):
+    """Sorts only by the columns the admin declares sortable: Django's changelist would sort by any column
+    number in ``?o=``, whatever ``sortable_by`` says."""
+
+    def get_ordering_field(self, field_name: Any) -> Any:
+        if field_name not in self.sortable_by:
+            return None
+        return super().get_ordering_field(field_name)
+
+
+class ReadOnlyAdmin(DeclaredFiltersOnly):
     paginator = EstimatedCountPaginator
     show_full_result_count = False
+    # Each facet is a COUNT(*) FILTER over the whole table.
+    show_facets = admin.ShowFacets.NEVER
     list_per_page = 50
     ordering = ("-pk",)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SortableOnlyChangeList
+
+    def get_sortable_by(self, request: HttpRequest) -> list[str]:
+        indexed = indexed_columns(self.model)
+        return [name for name in self.get_list_display(request) if isinstance(name, str) and name in indexed]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -92,7 +188,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     ) -> tuple[QuerySet[Any], bool]:
         """Exact matches on indexed identifiers only; a scan of a huge table is never started from here."""
         term = search_term.strip()
-        if not term:
+        if not term or not self.search_fields:  # no search box: ?q= is ignored
             return queryset, False
         return queryset.filter(self.search_filter(term)), False
 
@@ -105,6 +201,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class RecordAdmin(ReadOnlyAdmin):
     list_display = ("uri", "author", "created_at", "indexed_at")
     list_filter = (("indexed_at", admin.DateFieldListFilter),)
+    link_lookups = ("did",)  # an actor's page links to its records with ?did=
     search_help_text = "Exact DID (did:...) or AT-URI (at://...)"
     search_fields = ("uri",)  # shows the search box; get_search_results decides what runs
     subject_fields: tuple[str, ...] = ()
@@ -268,3 +365,30 @@ class RecordTombstoneAdmin(ReadOnlyAdmin):
 class IndexCursorAdmin(ReadOnlyAdmin):
     list_display = ("name", "seq", "updated_at")
 
+
+class CheckedActionSelection(admin.ModelAdmin):
+    """Refuses with 400 an action posted with a selection that is not a list of primary keys (Django's
+    changelist would raise a ValueError from the filter, a 500)."""
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        for selected in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME):
+            try:
+                self.model._meta.pk.to_python(selected)
+            except ValidationError as refused:
+                raise BadRequest(f"not a {self.model._meta.verbose_name} id: {selected[:100]!r}") from refused
+        return super().response_action(request, queryset)
+
+
+# Django's own user and group admins (the only ones with actions), under the same limits.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class UserAdmin(DeclaredFiltersOnly, CheckedActionSelection, auth_admin.UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class GroupAdmin(DeclaredFiltersOnly, CheckedActionSelection, auth_admin.GroupAdmin):
+    pass

@@ -48,6 +48,22 @@ def estimated_rows(table: str) -> int:
     return max(int(row[0]), 0) if row else 0
 
 
+def estimated_actors_needing_resync() -> int:
+    """Actors marked ``needs_resync``, as PostgreSQL's statistics of the actor table estimate them (as fresh
+    as its last ANALYZE): no index holds them, and counting would read the whole table."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT greatest(c.reltuples, 0) * coalesce((SELECT m.freq FROM unnest("
+            "  s.most_common_vals::text::boolean[], s.most_common_freqs) AS m(val, freq) WHERE m.val), 0)"
+            " FROM pg_class c LEFT JOIN pg_stats s"
+            "  ON s.schemaname = current_schema() AND s.tablename = c.relname AND s.attname = 'needs_resync'"
+            " WHERE c.oid = %s::regclass",
+            [Actor._meta.db_table],
+        )
+        row = cursor.fetchone()
+    return round(row[0]) if row else 0
+
+
 def cluster_metrics() -> dict[str, int]:
     raw = redis_store.connect().hgetall(redis_store.cluster_metrics())
     metrics: dict[str, int] = {}

@@ -6,6 +6,7 @@ A bad value stops the process with one line that names the variable: ``ConfigErr
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 
@@ -122,4 +123,39 @@ def env_redis_url(name: str, default: str) -> str:
     scheme = urlsplit(raw).scheme
     if scheme not in {"redis", "rediss", "unix"}:
         raise ConfigError(name, f"must start with redis://, rediss:// or unix://, got {raw!r}")
+    return raw
+
+
+# Django's own deploy check (security.W009) asks for as much; ``secrets.token_urlsafe(50)`` gives 67 characters.
+SECRET_KEY_MIN_LENGTH = 50
+# Keys anyone can read in this repository's history or in Django's project template.
+PUBLIC_SECRET_KEYS = frozenset({"insecure-local-default-set-SECRET_KEY", "build-only"})
+PUBLIC_SECRET_KEY_PREFIX = "django-insecure-"
+# Signs sessions only on a machine running with DEBUG on, where nothing is worth forging.
+DEBUG_SECRET_KEY = "insecure-local-default-set-SECRET_KEY"
+SECRET_KEY_HINT = "set a random value of 50+ characters (python3 -c 'import secrets; print(secrets.token_urlsafe(50))')"
+
+
+def env_secret_key(name: str, *, key_file: Path, debug: bool) -> str:
+    """The key that signs sessions, CSRF tokens and password-reset links: ``name`` when set, else the key
+    ``./dev`` wrote into ``key_file`` (one random key per checkout, git-ignored).
+
+    With DEBUG off, a missing, empty, short or publicly known key stops the process: whoever knows the key
+    can forge an admin's session. With DEBUG on (a machine of one's own), a fixed local key stands in."""
+    raw = os.environ.get(name)
+    origin = ""
+    if raw is None and key_file.is_file():
+        raw = key_file.read_text().strip()
+        origin = f" (read from {key_file})"
+    if debug:
+        return raw or DEBUG_SECRET_KEY
+    if raw is None:
+        raise ConfigError(name, f"is not set and {key_file} does not exist: {SECRET_KEY_HINT}, or DEBUG=on locally")
+    if not raw.strip():
+        raise ConfigError(name, f"is empty{origin}: {SECRET_KEY_HINT}")
+    if raw in PUBLIC_SECRET_KEYS or raw.startswith(PUBLIC_SECRET_KEY_PREFIX):
+        raise ConfigError(name, f"is a publicly known default{origin}: {SECRET_KEY_HINT}")
+    if len(raw) < SECRET_KEY_MIN_LENGTH or len(set(raw)) < 5:
+        strength = f"{len(raw)} characters, {len(set(raw))} distinct"
+        raise ConfigError(name, f"is too short or too repetitive{origin} ({strength}): {SECRET_KEY_HINT}")
     return raw

@@ -10,6 +10,7 @@ from config.env import (
     env_int,
     env_list,
     env_redis_url,
+    env_secret_key,
     env_str,
     env_url,
 )
@@ -17,8 +18,10 @@ from config.env import (
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("DEBUG", False)
-# The default only suits a machine of one's own; docker-compose.yml and the README ask for a real one.
-SECRET_KEY = env_str("SECRET_KEY", "insecure-local-default-set-SECRET_KEY")
+# Unset, the key ./dev generated for this checkout; with DEBUG off, an empty, short or public key stops the process.
+SECRET_KEY = env_secret_key(
+    "SECRET_KEY", key_file=Path(env_str("SECRET_KEY_FILE", str(BASE_DIR / ".secret_key"))), debug=DEBUG
+)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -41,8 +44,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it times every request, whatever answers it (Prometheus, /metrics).
+    "config.request_metrics.request_metrics_middleware",
+    # Before any view or other middleware acts on the URL: a NUL in it answers 400 (SPEC section 14).
+    "config.middleware.RejectMalformedRequestsMiddleware",
+    "config.middleware.WebStatementTimeoutMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.security.content_security_policy_middleware",
+    "config.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -106,12 +115,32 @@ CHANNEL_LAYERS = {
 
 RELAY_URL = env_str("RELAY_URL", "wss://bsky.network")
 
+# The dashboard is public: off, it shows workers without host or pid, under a pseudonym (/metrics keeps names).
+DASHBOARD_SHOW_HOSTS = env_bool("DASHBOARD_SHOW_HOSTS", True)
+# When set, /metrics (Prometheus) answers only requests with "Authorization: Bearer <METRICS_TOKEN>";
+# unset, it is open to anyone who reaches the web server.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
 # The read API (SPEC section 13).
 IMAGE_CDN_URL = env_url("IMAGE_CDN_URL", "https://cdn.bsky.app")
 VIDEO_CDN_URL = env_url("VIDEO_CDN_URL", "https://video.bsky.app")
 XRPC_RATE_LIMIT = env_int("XRPC_RATE_LIMIT", 3000, minimum=1)  # requests per IP per window
 XRPC_RATE_WINDOW_SECONDS = env_int("XRPC_RATE_WINDOW_SECONDS", 300, minimum=1)
 XRPC_STATEMENT_TIMEOUT_MS = env_int("XRPC_STATEMENT_TIMEOUT_MS", 5000, minimum=10)
+
+# The admin and the other web pages (SPEC section 14): every query of a request to them is cancelled after
+# WEB_STATEMENT_TIMEOUT_MS (504); sign-in failures are counted in Redis per username and per client address
+# within ADMIN_LOGIN_WINDOW_SECONDS, and past either limit the sign-in is refused, right password or not.
+WEB_STATEMENT_TIMEOUT_MS = env_int("WEB_STATEMENT_TIMEOUT_MS", 5000, minimum=10)
+ADMIN_LOGIN_MAX_FAILURES = env_int("ADMIN_LOGIN_MAX_FAILURES", 5, minimum=1)
+ADMIN_LOGIN_MAX_FAILURES_PER_IP = env_int("ADMIN_LOGIN_MAX_FAILURES_PER_IP", 20, minimum=1)
+ADMIN_LOGIN_WINDOW_SECONDS = env_int("ADMIN_LOGIN_WINDOW_SECONDS", 900, minimum=1)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
 
 # Tunables of the pipeline (SPEC sections 5 and 7).
 STREAM_HIGH_WATER = env_int("STREAM_HIGH_WATER", 200_000, minimum=100)
@@ -132,11 +161,47 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
+# Serving it safely (SPEC section 14; docker-compose.yml puts Caddy in front of daphne). `manage.py check --deploy`
+# is clean with the values docker-compose.yml passes for a public site (tests/test_deploy.py).
+# On only behind a proxy that overwrites X-Forwarded-For and X-Forwarded-Proto and is the only way in (Caddy in
+# docker-compose.yml), together with daphne's --proxy-headers: anyone else could claim any address or https.
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", False)
+if TRUST_PROXY_HEADERS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Browsers reach the site over HTTPS (docker-compose: SITE_ADDRESS is a domain name): cookies travel only over
+# HTTPS, and HTTPS answers carry HSTS (Django never sends it over plain HTTP).
+HTTPS = env_bool("HTTPS", False)
 SESSION_COOKIE_HTTPONLY = True
-SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = env_int("HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading commits the whole registrable domain, which only its owner can decide.
+SECURE_HSTS_PRELOAD = env_bool("HSTS_PRELOAD", False)
+# Off by default: Caddy redirects HTTP to HTTPS for a domain name before Django sees the request.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Container health checks call daphne directly over HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+if HTTPS and TRUST_PROXY_HEADERS and not SECURE_SSL_REDIRECT:
+    SILENCED_SYSTEM_CHECKS.append("security.W008")  # the proxy redirects
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy of every response (config/security.py; Django 6's setting name and shape). The pages
+# load scripts and styles from static files only; the dashboard's data island (type="application/json") is
+# never executed, so the policy does not concern it; its websocket is same-origin ('self' covers ws/wss).
+SECURE_CSP: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

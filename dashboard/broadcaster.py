@@ -2,10 +2,12 @@
 
 Every web process runs a ``Broadcaster`` task while it has at least one websocket open (daphne serves no
 ASGI lifespan events, so the first consumer starts it and the last one stops it). Of those processes,
-only the one holding a short Redis lease builds a snapshot each second and ``group_send``s it through
-the channels-redis layer: the cost of the dashboard is one snapshot a second for the whole cluster,
-whatever the number of browsers or web processes. When the holder stops, it gives the lease back and
-another process takes over within a second; when it dies, the lease expires within ``LEASE_SECONDS``.
+only the one holding a short Redis lease builds a snapshot each second, stores it whole in Redis (what a
+websocket gets first, and what the page inlines) and ``group_send``s it through the channels-redis layer
+without its throughput history, with only the newest points (``selectors.snapshot_update``): the cost of
+the dashboard is one snapshot a second for the whole cluster, whatever the number of browsers or web
+processes. When the holder stops, it gives the lease back and another process takes over within a
+second; when it dies, the lease expires within ``LEASE_SECONDS``.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -108,23 +111,26 @@ class Broadcaster:
         built = await database_sync_to_async(self._build, thread_sensitive=False, executor=self._executor)()
         if built is None:
             return False
-        text, last_update = built
         channel_layer = get_channel_layer()
         assert channel_layer is not None, "CHANNEL_LAYERS is not configured"
-        await channel_layer.group_send(GROUP, {"type": MESSAGE_TYPE, "text": text, "lastUpdate": last_update})
+        await channel_layer.group_send(GROUP, built)
         self.broadcasts += 1
         return True
 
-    def _build(self) -> tuple[str, str] | None:
-        """The snapshot's JSON and its lastUpdate, or None when another instance holds the lease."""
+    def _build(self) -> dict[str, Any] | None:
+        """The group message of this tick, or None when another instance holds the lease. Besides the
+        update's JSON, it says which seconds of throughput the update covers, so that a consumer that
+        missed messages can tell and send the whole snapshot instead."""
         client = redis_store.connect()
         held = client.eval(_HOLD_LEASE, 1, redis_store.dashboard_broadcaster_lease(), self.instance_id, self.lease_ms)
         if not held:
             return None
         snapshot = selectors.build_snapshot()
-        text = selectors.snapshot_json(snapshot)
-        client.set(redis_store.dashboard_snapshot(), text, ex=SNAPSHOT_TTL_SECONDS)
-        return text, snapshot["lastUpdate"]
+        client.set(redis_store.dashboard_snapshot(), selectors.snapshot_json(snapshot), ex=SNAPSHOT_TTL_SECONDS)
+        update = selectors.snapshot_update(snapshot)
+        seconds = update["throughputUpdate"]["perSecond"]
+        return {"type": MESSAGE_TYPE, "text": selectors.snapshot_json(update), "lastUpdate": snapshot["lastUpdate"],
+                "firstSecond": seconds[0][0], "lastSecond": seconds[-1][0]}
 
     def _release_lease(self) -> None:
         redis_store.connect().eval(_RELEASE_LEASE, 1, redis_store.dashboard_broadcaster_lease(), self.instance_id)

@@ -1,18 +1,25 @@
-"""Every read the dashboard makes of Redis and PostgreSQL, and the snapshot they add up to.
+"""Every read the dashboard and ``/metrics`` make of Redis and PostgreSQL, and the snapshot they add up to.
 
 A snapshot is built from what the pipeline writes (SPEC section 3): nothing running yet means zeros and
-``connected: false``, never an error. Key names come from ``appview.redis_store`` only.
+``connected: false``, never an error. Key names come from ``pipeline.redis_store`` only. What a snapshot
+shows may be public: relay URLs lose their credentials, and worker hosts can be hidden
+(``DASHBOARD_SHOW_HOSTS``).
 """
 
 import json
 import logging
+import re
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
+from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError
+from django.utils.crypto import salted_hmac
 
 from appview import selectors as appview_selectors
 from pipeline import redis_store
@@ -29,6 +36,14 @@ RECORD_COUNTS_CACHE_KEY = "dashboard:record-counts"
 RECORD_COUNTS_CACHE_SECONDS = 5
 LAST_RECORD_COUNTS_CACHE_KEY = "dashboard:record-counts:last"
 LAST_RECORD_COUNTS_CACHE_SECONDS = 24 * 3600
+# After the first message, a websocket gets only the newest points of the throughput history: the last
+# few seconds and minutes, sent again each time, since a bucket can still grow for a moment after its
+# second ends (workers' clocks a little apart) and a message or two may be dropped on a slow socket.
+UPDATE_SECONDS = 5
+UPDATE_MINUTES = 2
+# Query parameters whose value is a secret in a URL shown to the public (relay URLs).
+SECRET_PARAMETER = re.compile(r"token|key|secret|pass|auth|sig|jwt|session|cred|bearer|code", re.IGNORECASE)
+REDACTED = "redacted"
 
 
 class FirehoseStatus(TypedDict):
@@ -68,7 +83,9 @@ class Throughput(TypedDict):
     perMinute: list[list[int]]
 
 
-class Snapshot(TypedDict):
+class _State(TypedDict):
+    """What every message of the dashboard carries."""
+
     eventsProcessed: int
     eventCounts: dict[str, int]
     errors: int
@@ -78,17 +95,41 @@ class Snapshot(TypedDict):
     workers: list[WorkerState]
     records: dict[str, int]
     databaseAvailable: bool
-    throughput: Throughput
     lastUpdate: str
 
 
-def build_snapshot(*, now: float | None = None) -> Snapshot:
-    """The whole dashboard state at ``now`` (seconds since the epoch), from one Redis round trip."""
-    now = time.time() if now is None else now
+class Snapshot(_State):
+    throughput: Throughput
+
+
+class SnapshotUpdate(_State):
+    """A snapshot whose ``throughput`` history is replaced by its newest points (``throughputUpdate``)."""
+
+    throughputUpdate: Throughput
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineState:
+    """What the pipeline's Redis keys say at one moment (one round trip)."""
+
+    counters: dict[str, int]  # every numeric field of cluster:metrics
+    firehose: FirehoseStatus
+    queue: QueueState
+    workers: list[WorkerState]
+    per_second: list[list[int]]  # [epoch second, received, indexed], oldest first
+    per_minute: list[list[int]]  # [epoch second of the minute, received, indexed], oldest first
+    latency_ms: dict[str, int]  # cluster:latency: bucket upper bound in ms (or "+inf") -> events
+    pending_summary: dict[str, Any]
+    last_delivered_id: str | None  # the consumer group's, None when there is no group yet
+
+
+def read_pipeline(*, now: float, history_seconds: int, history_minutes: int, show_hosts: bool) -> PipelineState:
+    """The pipeline's state at ``now`` (seconds since the epoch) with that much throughput history (at
+    least one second and one minute)."""
     client = redis_store.connect()
     second, minute = int(now), int(now // 60)
-    seconds = range(second - PER_SECOND_HISTORY, second)
-    minutes = range(minute - PER_MINUTE_HISTORY, minute)
+    seconds = range(second - history_seconds, second)
+    minutes = range(minute - history_minutes, minute)
 
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(redis_store.cluster_metrics())
@@ -98,44 +139,88 @@ def build_snapshot(*, now: float | None = None) -> Snapshot:
     pipe.xinfo_groups(redis_store.events_stream())
     pipe.xlen(redis_store.dead_letters_stream())
     pipe.hgetall(redis_store.cluster_workers())
+    pipe.hgetall(redis_store.latency_histogram())
     for series in ("received", "indexed"):
         pipe.mget([redis_store.throughput_bucket(series, "s", t) for t in seconds])
     for series in ("received", "indexed"):
         pipe.mget([redis_store.throughput_bucket(series, "m", m) for m in minutes])
     # A missing stream or consumer group answers with an error: that is "nothing running yet".
-    (metrics_raw, status_raw, length, pending_raw, groups_raw, dead_letters, workers_raw,
+    (metrics_raw, status_raw, length, pending_raw, groups_raw, dead_letters, workers_raw, latency_raw,
      received_s, indexed_s, received_m, indexed_m) = pipe.execute(raise_on_error=False)
 
-    metrics = {_text(name): _int(value) for name, value in _ok(metrics_raw, {}).items()}
-    total = metrics.get("totalEvents", 0)
-    errors = metrics.get("errors", 0)
     per_second = [[t, _int(r), _int(i)] for t, r, i in zip(seconds, received_s, indexed_s, strict=True)]
     per_minute = [[m * 60, _int(r), _int(i)] for m, r, i in zip(minutes, received_m, indexed_m, strict=True)]
     recent = per_second[-RATE_WINDOW_SECONDS:]
     indexed_rate = sum(point[2] for point in recent) / len(recent)
+    groups = _ok(groups_raw, [])
+    pending_summary = _ok(pending_raw, {})
+    group = _group(groups)
+    return PipelineState(
+        counters=_counters(_ok(metrics_raw, {})),
+        firehose=_firehose_status(_ok(status_raw, None), now=now),
+        queue=_queue_state(length=_int(_ok(length, 0)), pending_summary=pending_summary, group=group,
+                           dead_letters=_int(_ok(dead_letters, 0)), indexed_rate=indexed_rate),
+        workers=_workers(_ok(workers_raw, {}), now=now, show_hosts=show_hosts),
+        per_second=per_second,
+        per_minute=per_minute,
+        latency_ms=_counters(_ok(latency_raw, {})),
+        pending_summary=pending_summary,
+        last_delivered_id=None if group is None else _text(group.get("last-delivered-id")),
+    )
+
+
+def build_snapshot(*, now: float | None = None) -> Snapshot:
+    """The whole dashboard state at ``now`` (seconds since the epoch), from one Redis round trip."""
+    now = time.time() if now is None else now
+    state = read_pipeline(now=now, history_seconds=PER_SECOND_HISTORY, history_minutes=PER_MINUTE_HISTORY,
+                          show_hosts=settings.DASHBOARD_SHOW_HOSTS)
+    total = state.counters.get("totalEvents", 0)
+    errors = state.counters.get("errors", 0)
     records, database_available = record_counts()
     return {
         "eventsProcessed": total,
-        "eventCounts": {event_type: metrics.get(event_type, 0) for event_type in redis_store.EVENT_TYPES},
+        "eventCounts": {event_type: state.counters.get(event_type, 0) for event_type in redis_store.EVENT_TYPES},
         "errors": errors,
         "errorRate": errors / total if total else 0.0,
-        "firehoseStatus": _firehose_status(_ok(status_raw, None), now=now),
-        "queue": _queue_state(
-            length=_int(_ok(length, 0)),
-            pending_summary=_ok(pending_raw, {}),
-            groups=_ok(groups_raw, []),
-            dead_letters=_int(_ok(dead_letters, 0)),
-            indexed_rate=indexed_rate,
-        ),
-        "workers": _workers(_ok(workers_raw, {}), now=now),
+        "firehoseStatus": state.firehose,
+        "queue": state.queue,
+        "workers": state.workers,
         "records": records,
         "databaseAvailable": database_available,
-        "throughput": {"perSecond": per_second, "perMinute": per_minute},
+        "throughput": {"perSecond": state.per_second, "perMinute": state.per_minute},
         "lastUpdate": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
     }
 
 
-def snapshot_json(snapshot: Snapshot) -> str:
+def snapshot_update(snapshot: Snapshot) -> SnapshotUpdate:
+    """What a websocket gets after its first message: the snapshot with only the newest points of its
+    throughput history (``UPDATE_SECONDS`` and ``UPDATE_MINUTES``, which the page puts in place of the
+    points it has for the same times), about 1 kB instead of the whole history's 40."""
+    history = snapshot["throughput"]
+    return {
+        "eventsProcessed": snapshot["eventsProcessed"],
+        "eventCounts": snapshot["eventCounts"],
+        "errors": snapshot["errors"],
+        "errorRate": snapshot["errorRate"],
+        "firehoseStatus": snapshot["firehoseStatus"],
+        "queue": snapshot["queue"],
+        "workers": snapshot["workers"],
+        "records": snapshot["records"],
+        "databaseAvailable": snapshot["databaseAvailable"],
+        "throughputUpdate": {"perSecond": history["perSecond"][-UPDATE_SECONDS:],
+                             "perMinute": history["perMinute"][-UPDATE_MINUTES:]},
+        "lastUpdate": snapshot["lastUpdate"],
+    }
+
+
+def newest_second(snapshot: dict[str, Any]) -> int | None:
+    """The time of the newest per-second throughput point a snapshot or an update carries."""
+    history = snapshot.get("throughput") or snapshot.get("throughputUpdate") or {}
+    points = history.get("perSecond") if isinstance(history, dict) else None
+    return int(points[-1][0]) if points else None
+
+
+def snapshot_json(snapshot: Snapshot | SnapshotUpdate) -> str:
     return json.dumps(snapshot, separators=(",", ":"))
 
 
@@ -164,6 +249,61 @@ def record_counts() -> tuple[dict[str, int], bool]:
     return result
 
 
+def oldest_waiting_age(state: PipelineState, *, now: float) -> float:
+    """Seconds since run_firehose read the oldest entry not yet indexed (pending, or else the first one
+    the group has not delivered): how far behind the relay the workers are. 0 when nothing waits."""
+    client = redis_store.connect()
+    stream_key = redis_store.events_stream()
+    if state.queue["pending"] > 0 and state.pending_summary.get("min") is not None:
+        # The oldest pending entry, or the next one if it was trimmed meanwhile.
+        entries = client.xrange(stream_key, min=_text(state.pending_summary["min"]), count=1)
+    elif state.queue["undelivered"] == 0:
+        return 0.0
+    elif state.last_delivered_id is None:
+        entries = client.xrange(stream_key, count=1)
+    else:
+        entries = client.xrange(stream_key, min="(" + state.last_delivered_id, count=1)
+    if not entries:
+        return 0.0
+    received_ms = _int(entries[0][1].get(b"received_at"))
+    return round(max(now - received_ms / 1000, 0.0), 3) if received_ms else 0.0
+
+
+def public_url(url: str | None) -> str | None:
+    """``url`` safe to show anyone: without user name and password, fragment, or the value of any query
+    parameter whose name says it is a secret (``token``, ``key``, ``sig`` ...). None when it does not parse."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a malformed port
+    except ValueError:
+        return None
+    host = parts.netloc.rpartition("@")[2]
+    query = "&".join(_public_parameter(pair) for pair in parts.query.split("&") if pair)
+    return urlunsplit((parts.scheme, host, parts.path, query, ""))
+
+
+def _public_parameter(pair: str) -> str:
+    name = pair.partition("=")[0]
+    return f"{name}={REDACTED}" if SECRET_PARAMETER.search(unquote(name)) else pair
+
+
+def _counters(raw: dict[Any, Any]) -> dict[str, int]:
+    """Numeric fields of a Redis hash of counters; anything else is left out."""
+    counters: dict[str, int] = {}
+    for name, value in raw.items():
+        try:
+            counters[_text(name)] = int(value)
+        except (TypeError, ValueError):
+            continue
+    return counters
+
+
+def _group(groups: list[dict[Any, Any]]) -> dict[Any, Any] | None:
+    return next((g for g in groups if _text(g.get("name")) == redis_store.CONSUMER_GROUP), None)
+
+
 def _firehose_status(raw: bytes | None, *, now: float) -> FirehoseStatus:
     status: dict[str, Any] = {}
     if raw is not None:
@@ -178,7 +318,7 @@ def _firehose_status(raw: bytes | None, *, now: float) -> FirehoseStatus:
     measured_at = _parse_time(status.get("updatedAt")) or now
     return {
         "connected": status.get("connected") is True,
-        "url": status.get("url") if isinstance(status.get("url"), str) else None,
+        "url": public_url(status.get("url")) if isinstance(status.get("url"), str) else None,
         "currentCursor": None if cursor is None else str(cursor),
         # The relay's clock may run a little ahead of ours: never show a negative age.
         "freshnessSeconds": None if last_event is None else round(max(measured_at - last_event, 0.0), 1),
@@ -190,11 +330,10 @@ def _firehose_status(raw: bytes | None, *, now: float) -> FirehoseStatus:
 
 
 def _queue_state(
-    *, length: int, pending_summary: dict[str, Any], groups: list[dict[Any, Any]], dead_letters: int,
+    *, length: int, pending_summary: dict[str, Any], group: dict[Any, Any] | None, dead_letters: int,
     indexed_rate: float,
 ) -> QueueState:
     pending = _int(pending_summary.get("pending"))
-    group = next((g for g in groups if _text(g.get("name")) == redis_store.CONSUMER_GROUP), None)
     undelivered: int | None
     if group is None:
         # No worker has created the group yet: nothing in the stream was delivered.
@@ -219,7 +358,7 @@ def _queue_state(
     }
 
 
-def _workers(raw: dict[bytes, bytes], *, now: float) -> list[WorkerState]:
+def _workers(raw: dict[bytes, bytes], *, now: float, show_hosts: bool) -> list[WorkerState]:
     workers: list[WorkerState] = []
     for consumer, value in raw.items():
         try:
@@ -231,10 +370,12 @@ def _workers(raw: dict[bytes, bytes], *, now: float) -> list[WorkerState]:
             continue
         heartbeat = beat.get("heartbeat")
         age = round(max(now - heartbeat, 0.0), 1) if isinstance(heartbeat, int | float) else None
+        name = str(beat.get("name") or _text(consumer))
         workers.append({
-            "name": str(beat.get("name") or _text(consumer)),
-            "host": beat.get("host"),
-            "pid": beat.get("pid"),
+            # A default consumer name is <host>-<pid>: hidden hosts hide it too, behind a stable pseudonym.
+            "name": name if show_hosts else _pseudonym(name),
+            "host": beat.get("host") if show_hosts else None,
+            "pid": beat.get("pid") if show_hosts else None,
             "heartbeatAgeSeconds": age,
             "stale": age is None or age > WORKER_STALE_SECONDS,
             "processed": _int(beat.get("processed")),
@@ -244,6 +385,11 @@ def _workers(raw: dict[bytes, bytes], *, now: float) -> list[WorkerState]:
             "startedAt": beat.get("startedAt"),
         })
     return sorted(workers, key=lambda worker: worker["name"])
+
+
+def _pseudonym(worker_name: str) -> str:
+    """The same for the same worker, and no way back to its name without SECRET_KEY."""
+    return "worker-" + salted_hmac("dashboard.worker-pseudonym", worker_name).hexdigest()[:8]
 
 
 def _ok(value: Any, default: Any) -> Any:

@@ -6,4 +6,5 @@ urlpatterns = [
     path("", views.index, name="dashboard"),
     path("api/metrics", api.MetricsView.as_view(), name="api-metrics"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
 ]

@@ -48,6 +48,12 @@ def cluster_workers() -> str:
     return key("cluster:workers")
 
 
+# Upper bounds (ms) of the buckets of cluster:latency: the time from run_firehose reading an event to its commit
+# (then "+inf"). Readers (/metrics) list every bucket, also those no event has fallen in yet.
+LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000,
+                      3000, 5000, 10000, 30000, 60000)
+
+
 def latency_histogram() -> str:
     """Hash: upper bound in ms of a latency bucket -> events committed that long after run_firehose read them."""
     return key("cluster:latency")

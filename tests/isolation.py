@@ -2,6 +2,7 @@
 so that test runs sharing the machine's PostgreSQL and Redis cannot see each other's data."""
 
 import os
+import secrets
 import uuid
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -9,4 +10,7 @@ os.environ["REDIS_KEY_PREFIX"] = f"test-{RUN_ID}:"
 # Connections opened by the read API's pool threads close after each call, so none is left holding the test
 # database when pytest drops it.
 os.environ["DB_CONN_MAX_AGE"] = "0"
+# With DEBUG off the settings refuse to start without a strong key; ./dev exports one, `pytest` alone gets this
+# one, which the subprocesses the tests start inherit.
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

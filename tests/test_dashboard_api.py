@@ -3,6 +3,7 @@
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -107,3 +108,32 @@ def test_it_serves_the_page_with_the_latest_snapshot_inlined(client: Client) -> 
     assert 'data-api-url="/api/metrics"' in html
     for asset in ("dashboard/dashboard.css", "dashboard/dashboard.js", "dashboard/throughput-chart.js"):
         assert f"/static/{asset}" in html
+
+
+def test_it_shows_the_relay_url_without_credentials_in_the_api_and_the_page(client: Client) -> None:
+    redis_store.connect().set(redis_store.firehose_status(), json.dumps({
+        "connected": True, "url": "wss://operator:hunter2@relay.example:8443/?token=t0ps3cret", "currentCursor": "9",
+    }), ex=10)
+
+    api = client.get("/api/metrics")
+    page = client.get("/")
+
+    assert api.json()["firehoseStatus"]["url"] == "wss://relay.example:8443/?token=redacted"
+    for body in (api.content, page.content):
+        assert b"hunter2" not in body and b"t0ps3cret" not in body and b"operator" not in body
+    assert b"wss://relay.example:8443/?token=redacted" in page.content
+
+
+def test_it_hides_worker_hosts_and_pids_when_dashboard_show_hosts_is_off(client: Client, settings: Any) -> None:
+    redis_store.connect().hset(redis_store.cluster_workers(), "web-7.internal-31337", json.dumps({
+        "name": "web-7.internal-31337", "host": "web-7.internal", "pid": 31337, "processed": 3,
+        "heartbeat": time.time(),
+    }))
+    settings.DASHBOARD_SHOW_HOSTS = False
+
+    response = client.get("/api/metrics")
+
+    assert b"web-7" not in response.content and b"31337" not in response.content
+    [worker] = response.json()["workers"]
+    assert worker["host"] is None and worker["pid"] is None and worker["processed"] == 3
+    assert worker["name"].startswith("worker-")

@@ -140,6 +140,11 @@ def events_processed(driver: WebDriver) -> int:
     return int(driver.find_element("id", "events-processed").get_attribute("data-value") or 0)
 
 
+def chart_points(driver: WebDriver) -> int:
+    """Points with traffic on the throughput chart."""
+    return int(driver.find_element("id", "throughput-chart").get_attribute("data-points") or 0)
+
+
 def save_screenshot(driver: WebDriver, path: Path) -> None:
     """The whole page, not only the window."""
     shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
@@ -161,8 +166,7 @@ def test_it_shows_the_live_pipeline_and_notices_the_firehose_stopping(
                  "the websocket to be live")
         first = wait_for(driver, events_processed, 30, "Events Processed above 0")
         wait_for(driver, lambda d: events_processed(d) > first, 10, f"Events Processed to rise above {first}")
-        wait_for(driver, lambda d: int(d.find_element("id", "throughput-chart").get_attribute("data-points")) >= 3,
-                 10, "the throughput chart to have points")
+        wait_for(driver, lambda d: chart_points(d) >= 3, 10, "the throughput chart to have points")
         wait_for(driver, lambda d: "dashboard-worker" in text(d, "workers"), 10, "the worker in the workers table")
         wait_for(driver, lambda d: "app.bsky." in text(d, "records"), 15, "records by collection")
         assert float(text(driver, "events-rate").replace(",", "")) > 0
@@ -174,6 +178,16 @@ def test_it_shows_the_live_pipeline_and_notices_the_firehose_stopping(
         assert [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"] == []
         time.sleep(3)  # a few seconds more history on the chart for the screenshot
         save_screenshot(driver, output_dir / "dashboard.png")
+
+        # The chart's history survives a reload (the page inlines the whole snapshot, and the websocket sends it
+        # first), then grows with the updates that follow, which carry only the newest points.
+        before_reload = chart_points(driver)
+        driver.refresh()
+        assert chart_points(driver) >= before_reload - 1
+        wait_for(driver, lambda d: d.find_element("id", "link-state").get_attribute("data-mode") == "live", 10,
+                 "the websocket to be live again")
+        after_reload = chart_points(driver)
+        wait_for(driver, lambda d: chart_points(d) >= after_reload + 3, 10, "the chart to grow with the updates")
 
         with chromium(width=390, height=844, phone=True) as phone:
             phone.get(web.url + "/")

@@ -9,11 +9,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
 from config.asgi import application
-from dashboard.broadcaster import Broadcaster
+from dashboard.broadcaster import GROUP, MESSAGE_TYPE, Broadcaster
+from dashboard.selectors import UPDATE_MINUTES, UPDATE_SECONDS
 from pipeline import redis_store
 
 LOCAL = [(b"origin", b"http://127.0.0.1:5002"), (b"host", b"127.0.0.1:5002")]
@@ -21,6 +23,8 @@ SNAPSHOT_KEYS = {
     "eventsProcessed", "eventCounts", "errors", "errorRate", "firehoseStatus", "queue", "workers", "records",
     "databaseAvailable", "throughput", "lastUpdate",
 }
+# Every message after the first: the history replaced by its newest points.
+UPDATE_KEYS = SNAPSHOT_KEYS - {"throughput"} | {"throughputUpdate"}
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,24 +59,84 @@ def test_it_sends_a_whole_snapshot_on_connect() -> None:
         assert snapshot["eventsProcessed"] == 5
         assert snapshot["eventCounts"]["#commit"] == 5
         assert snapshot["firehoseStatus"]["connected"] is False
+        assert len(snapshot["throughput"]["perSecond"]) == 15 * 60
+        assert len(snapshot["throughput"]["perMinute"]) == 24 * 60
 
     run(scenario())
 
 
-def test_it_pushes_a_fresh_snapshot_every_second() -> None:
+def test_it_pushes_a_fresh_snapshot_every_second_with_only_the_newest_throughput_points() -> None:
+    client = redis_store.connect()
+
     async def scenario() -> None:
         socket = await open_socket()
         try:
-            first = await socket.receive_json_from(timeout=5)
-            redis_store.connect().hset(redis_store.cluster_metrics(), "totalEvents", 42)
-            later = [await socket.receive_json_from(timeout=3) for _ in range(3)]
+            first_text = await socket.receive_from(timeout=5)
+            client.hset(redis_store.cluster_metrics(), "totalEvents", 42)
+            # Counted now: the second being counted shows in the updates once it is complete.
+            counted_second = int(time.time())
+            client.set(redis_store.throughput_bucket("received", "s", counted_second), 7, ex=60)
+            later_texts = [await socket.receive_from(timeout=3) for _ in range(3)]
         finally:
             await socket.disconnect()
+        first, later = json.loads(first_text), [json.loads(text) for text in later_texts]
         times = [first["lastUpdate"], *(snapshot["lastUpdate"] for snapshot in later)]
         assert times == sorted(times)
         assert len(set(times[1:])) == 3
         assert later[-1]["eventsProcessed"] == 42
-        assert set(later[-1]) == SNAPSHOT_KEYS
+        assert all(set(update) == UPDATE_KEYS for update in later)
+        newest = [first["throughput"]["perSecond"][-1][0]]
+        for update in later:
+            seconds = [point[0] for point in update["throughputUpdate"]["perSecond"]]
+            # Only the newest points (a few seconds, sent again while they may still grow), never the history.
+            assert len(seconds) == UPDATE_SECONDS and seconds == list(range(seconds[0], seconds[0] + len(seconds)))
+            assert len(update["throughputUpdate"]["perMinute"]) == UPDATE_MINUTES
+            newest.append(seconds[-1])
+        # Two snapshots can fall in the same second (the one sent on connect and the first broadcast).
+        assert newest == sorted(newest) and newest[-1] > newest[0]
+        assert [point[1] for update in later for point in update["throughputUpdate"]["perSecond"]
+                if point[0] == counted_second][-1:] == [7]
+        assert all(len(text) * 10 < len(first_text) for text in later_texts)
+
+    run(scenario())
+
+
+def test_it_sends_the_whole_snapshot_again_to_a_socket_that_missed_updates() -> None:
+    async def scenario() -> None:
+        socket = await open_socket()
+        try:
+            first = await socket.receive_json_from(timeout=5)
+            newest = first["throughput"]["perSecond"][-1][0]
+            # An update whose points start well after the newest one this socket got: some were missed.
+            layer = get_channel_layer()
+            assert layer is not None
+            await layer.group_send(GROUP, {"type": MESSAGE_TYPE, "text": '{"forged": true}',
+                                           "lastUpdate": "2999-01-01T00:00:00.000+00:00",
+                                           "firstSecond": newest + 60, "lastSecond": newest + 64})
+            messages = [await socket.receive_json_from(timeout=3) for _ in range(3)]
+        finally:
+            await socket.disconnect()
+        assert {"forged": True} not in messages
+        wholes = [message for message in messages if "throughput" in message]
+        assert len(wholes) == 1 and set(wholes[0]) == SNAPSHOT_KEYS
+        # Updates go on after it.
+        assert set(messages[-1]) in (SNAPSHOT_KEYS, UPDATE_KEYS)
+
+    run(scenario())
+
+
+def test_it_shows_the_relay_url_without_credentials() -> None:
+    redis_store.connect().set(redis_store.firehose_status(), json.dumps(
+        {"connected": True, "url": "wss://me:hunter2@relay.example?auth=xyz", "currentCursor": "1"}), ex=10)
+
+    async def scenario() -> None:
+        socket = await open_socket()
+        try:
+            texts = [await socket.receive_from(timeout=5) for _ in range(2)]
+        finally:
+            await socket.disconnect()
+        assert all("hunter2" not in text and "xyz" not in text for text in texts)
+        assert json.loads(texts[0])["firehoseStatus"]["url"] == "wss://relay.example?auth=redacted"
 
     run(scenario())
 

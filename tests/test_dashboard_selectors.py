@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.core.cache import cache
@@ -243,3 +244,68 @@ def test_it_prefers_the_broadcasters_latest_snapshot_for_a_new_page() -> None:
     fresh = json.loads(selectors.latest_snapshot_json())
     assert fresh["eventsProcessed"] == 0
     assert abs(datetime.fromisoformat(fresh["lastUpdate"]).timestamp() - time.time()) < 5
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("wss://bsky.network", "wss://bsky.network"),
+    ("wss://alice:s3cret@relay.example:8443/base", "wss://relay.example:8443/base"),
+    ("wss://only-a-token@relay.example", "wss://relay.example"),
+    ("wss://relay.example/?cursor=5&access_token=abc&apiKey=k&X-Amz-Signature=f00&Password=p#frag",
+     "wss://relay.example/?cursor=5&access_token=redacted&apiKey=redacted&X-Amz-Signature=redacted&Password=redacted"),
+    ("wss://relay.example:notaport", None),
+])
+def test_it_shows_urls_without_their_credentials(url: str, shown: str | None) -> None:
+    assert selectors.public_url(url) == shown
+
+
+@pytest.mark.django_db
+def test_it_shows_the_relay_url_without_credentials_in_the_snapshot() -> None:
+    write_status(url="wss://operator:hunter2@relay.example/?token=abc")
+
+    snapshot = selectors.build_snapshot(now=NOW)
+
+    assert snapshot["firehoseStatus"]["url"] == "wss://relay.example/?token=redacted"
+    assert "hunter2" not in selectors.snapshot_json(snapshot)
+
+
+@pytest.mark.django_db
+def test_it_hides_worker_hosts_behind_stable_pseudonyms_when_asked(settings: Any) -> None:
+    write_worker("db-host-7.internal-4242", host="db-host-7.internal", pid=4242)
+    write_worker("other-host-1", host="other-host", pid=1)
+    settings.DASHBOARD_SHOW_HOSTS = False
+
+    workers = selectors.build_snapshot(now=NOW)["workers"]
+    again = selectors.build_snapshot(now=NOW + 1)["workers"]
+
+    text = json.dumps(workers)
+    assert "db-host-7" not in text and "4242" not in text and "other-host" not in text
+    assert all(w["host"] is None and w["pid"] is None for w in workers)
+    assert all(w["name"].startswith("worker-") for w in workers)
+    assert len({w["name"] for w in workers}) == 2
+    assert {w["name"] for w in again} == {w["name"] for w in workers}
+    assert sorted(w["processed"] for w in workers) == [10, 10]
+
+    settings.DASHBOARD_SHOW_HOSTS = True
+    shown = selectors.build_snapshot(now=NOW)["workers"]
+    assert [(w["name"], w["host"], w["pid"]) for w in shown] == [
+        ("db-host-7.internal-4242", "db-host-7.internal", 4242), ("other-host-1", "other-host", 1)]
+
+
+@pytest.mark.django_db
+def test_it_makes_an_update_with_only_the_newest_throughput_points() -> None:
+    client = redis_store.connect()
+    second, minute = int(NOW), int(NOW // 60)
+    client.set(redis_store.throughput_bucket("received", "s", second - 1), 50)
+    client.set(redis_store.throughput_bucket("indexed", "m", minute - 1), 600)
+    snapshot = selectors.build_snapshot(now=NOW)
+
+    update = selectors.snapshot_update(snapshot)
+
+    assert "throughput" not in update
+    assert update["throughputUpdate"]["perSecond"] == [[t, 50 if t == second - 1 else 0, 0]
+                                                       for t in range(second - selectors.UPDATE_SECONDS, second)]
+    assert update["throughputUpdate"]["perMinute"] == [[(minute - 2) * 60, 0, 0], [(minute - 1) * 60, 0, 600]]
+    assert {key: value for key, value in update.items() if key != "throughputUpdate"} == {
+        key: value for key, value in snapshot.items() if key != "throughput"}
+    assert len(selectors.snapshot_json(update)) * 20 < len(selectors.snapshot_json(snapshot))
+    assert selectors.newest_second(dict(update)) == selectors.newest_second(dict(snapshot)) == second - 1

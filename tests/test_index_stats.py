@@ -47,7 +47,7 @@ def test_it_prints_the_exact_counts_after_a_scenario() -> None:
         "actors": {"total": 4, "active": 2, "deactivated": 1, "takendown": 0, "suspended": 0, "deleted": 1,
                    "desynchronized": 0, "throttled": 0},
         "cursor": 40_000_002,
-        "metrics": {"#account": 2, "#commit": 7, "totalEvents": 9},
+        "metrics": {"#account": 2, "#commit": 7, "#identity": 0, "#sync": 0, "errors": 0, "totalEvents": 9},
     }
 
 

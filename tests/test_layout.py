@@ -21,7 +21,7 @@ ALLOWED = {
     "appview": {"protocol", "pipeline"},
     "xrpc": {"protocol", "pipeline", "appview"},
     "dashboard": {"pipeline", "appview"},
-    "config": {"dashboard"},
+    "config": {"dashboard", "xrpc"},
     "harness": {"protocol", "pipeline"},
     "bench": {"protocol", "pipeline", "appview", "xrpc", "relaysim", "harness"},
     "tests": set(PACKAGES) - {"bench"},

@@ -1,4 +1,5 @@
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +11,25 @@ from config.env import ConfigError, env_bool, env_database_url, env_int
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_check(**env: str) -> subprocess.CompletedProcess[str]:
+def run_check(*, unset: tuple[str, ...] = (), argv: tuple[str, ...] = (sys.executable, "manage.py", "check"),
+              **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs ``argv`` (``manage.py check``) with this environment, less ``unset``, plus ``env``."""
+    environment = {name: value for name, value in os.environ.items() if name not in unset}
     return subprocess.run(
-        [sys.executable, "manage.py", "check"],
+        list(argv),
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**environment, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Configuration error: {message}"), lines[0]
 
 
 @pytest.mark.parametrize(
@@ -65,3 +76,45 @@ def test_it_bounds_integers(monkeypatch: pytest.MonkeyPatch) -> None:
         env_int("N", 5, minimum=1)
     monkeypatch.setenv("N", "")
     assert env_int("N", 5, minimum=1) == 5
+
+
+WEAK_SECRET_KEYS = [
+    pytest.param("", "SECRET_KEY is empty", id="empty"),
+    pytest.param("   ", "SECRET_KEY is empty", id="blank"),
+    pytest.param("a-key-of-40-characters-0123456789abcdefg", "SECRET_KEY is too short", id="short"),
+    pytest.param("ab" * 40, "SECRET_KEY is too short or too repetitive", id="repetitive"),
+    pytest.param("insecure-local-default-set-SECRET_KEY", "SECRET_KEY is a publicly known default", id="default"),
+    pytest.param("django-insecure-" + secrets.token_urlsafe(50), "SECRET_KEY is a publicly known default",
+                 id="django-template"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), WEAK_SECRET_KEYS)
+def test_it_refuses_a_weak_secret_key_with_debug_off(value: str, message: str) -> None:
+    assert_one_line(run_check(unset=("DEBUG",), SECRET_KEY=value), message)
+
+
+def test_it_refuses_to_start_without_a_secret_key_with_debug_off(tmp_path: Path) -> None:
+    result = run_check(unset=("DEBUG", "SECRET_KEY"), SECRET_KEY_FILE=str(tmp_path / "missing"))
+    assert_one_line(result, "SECRET_KEY is not set")
+
+
+def test_it_keeps_the_web_server_from_starting_on_an_empty_secret_key() -> None:
+    daphne = str(Path(sys.executable).parent / "daphne")
+    result = run_check(unset=("DEBUG",), argv=(daphne, "-p", "0", "config.asgi:application"), SECRET_KEY="")
+    assert_one_line(result, "SECRET_KEY is empty")
+
+
+@pytest.mark.parametrize("value", ["", "short", "insecure-local-default-set-SECRET_KEY"])
+def test_it_accepts_any_secret_key_with_debug_on(value: str) -> None:
+    result = run_check(DEBUG="on", SECRET_KEY=value)
+    assert result.returncode == 0, result.stderr
+
+
+def test_it_reads_the_key_dev_generated_when_secret_key_is_unset(tmp_path: Path) -> None:
+    key_file = tmp_path / "secret_key"
+    key_file.write_text(secrets.token_urlsafe(50) + "\n")
+    assert run_check(unset=("DEBUG", "SECRET_KEY"), SECRET_KEY_FILE=str(key_file)).returncode == 0
+    key_file.write_text("too-short\n")
+    result = run_check(unset=("DEBUG", "SECRET_KEY"), SECRET_KEY_FILE=str(key_file))
+    assert_one_line(result, f"SECRET_KEY is too short or too repetitive (read from {key_file})")

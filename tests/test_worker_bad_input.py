@@ -165,7 +165,7 @@ def test_it_counts_an_undecodable_frame_and_goes_on() -> None:
     push(client, [(3, commit_frame(3, [("create", "app.bsky.feed.like/3lmxjza3h2i23", like(POST))]))])
     drain()
     assert Like.objects.count() == 2
-    assert metrics(client) == {"totalEvents": 3, "#commit": 3, "errors": 1}
+    assert metrics(client) == {"totalEvents": 3, "#commit": 3, "#identity": 0, "#account": 0, "#sync": 0, "errors": 1}
 
 
 def test_it_sends_a_poison_event_to_dead_letters_and_commits_the_rest_of_its_batch() -> None:
@@ -186,6 +186,7 @@ def test_it_sends_a_poison_event_to_dead_letters_and_commits_the_rest_of_its_bat
     assert fields[b"seq"] == b"7" and fields[b"t"] == b"#commit" and fields[b"frame"] == frames[6][1]
     assert b"poisoned record" in fields[b"error"]
     assert fields[b"worker"] == b"test-worker" and float(fields[b"failed_at"]) > 0
-    assert metrics(client) == {"totalEvents": 20, "#commit": 20, "errors": 1}
+    assert metrics(client) == {"totalEvents": 20, "#commit": 20, "#identity": 0, "#account": 0, "#sync": 0,
+                               "errors": 1}
     assert (worker.stats.processed, worker.stats.dead) == (20, 1)
     assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 0

@@ -179,7 +179,7 @@ def test_it_runs_a_batch_again_when_postgresql_rolls_it_back() -> None:
             cursor.execute("DROP SEQUENCE rollback_count")
     assert Post.objects.count() == 1
     assert client.xlen(redis_store.dead_letters_stream()) == 0
-    assert metrics(client) == {"totalEvents": 1, "#commit": 1}
+    assert metrics(client) == {"totalEvents": 1, "#commit": 1, "#identity": 0, "#account": 0, "#sync": 0, "errors": 0}
     assert (worker.stats.processed, worker.stats.errors, worker.stats.dead) == (1, 0, 0)
 
 

@@ -202,3 +202,13 @@ def test_it_waits_for_a_missing_table_instead_of_setting_events_aside() -> None:
     assert client.xlen(redis_store.dead_letters_stream()) == 0
     assert Like.objects.count() == 10
     assert metrics(client).get("errors", 0) == 0 and metrics(client)["totalEvents"] == 10
+
+
+def test_it_creates_every_cluster_counter_at_0_with_its_first_acknowledgement() -> None:
+    client = redis_store.connect()
+    push(client, likes(1, 3))
+    assert metrics(client) == {}
+    drain()
+    # Readers (the dashboard, /metrics, scripts running HGETALL) find every field, the ones still at 0 too.
+    assert metrics(client) == {"totalEvents": 3, "#commit": 3, "#identity": 0, "#account": 0, "#sync": 0,
+                               "errors": 0}

@@ -64,7 +64,8 @@ def test_it_indexes_post_lifecycle() -> None:
     # The liked and replied-to post's author got an actor row.
     assert Actor.objects.filter(did=OTHER).exists()
     assert_aggregates_match_rows()
-    assert metrics(redis_store.connect()) == {"totalEvents": 6, "#commit": 6}
+    assert metrics(redis_store.connect()) == {"totalEvents": 6, "#commit": 6, "#identity": 0, "#account": 0,
+                                              "#sync": 0, "errors": 0}
 
 
 def test_it_indexes_post_lifecycle_legacy() -> None:
@@ -92,7 +93,7 @@ def test_it_marks_and_purges_a_deleted_account() -> None:
     assert actor.purged_seq == 140
     assert (Post.objects.count(), actor.posts_count) == (0, 0)
     assert metrics(redis_store.connect()) == {"totalEvents": 5, "#commit": 1, "#identity": 1, "#account": 2,
-                                              "#sync": 1}
+                                              "#sync": 1, "errors": 0}
 
 
 def test_it_keeps_a_deactivated_account_marked_then_active_again() -> None:

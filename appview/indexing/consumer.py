@@ -34,9 +34,8 @@ class Abandon(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Shutdown was asked while PostgreSQL or Redis does not answer: leave what is unacknowledged pending."""
 
 
-# Upper bounds (ms) of the buckets of cluster:latency: the time from run_firehose reading an event to its commit.
-LATENCY_BUCKETS_MS = (1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 700, 1000, 1500, 2000,
-                      3000, 5000, 10000, 30000, 60000)
+# The buckets of cluster:latency are part of the Redis contract: /metrics reads them too.
+LATENCY_BUCKETS_MS = redis_store.LATENCY_BUCKETS_MS
 
 
 def latency_bucket(event: ParsedEvent, now: float) -> str:
@@ -217,6 +216,7 @@ class StreamConsumer:
             args += (event.entry_id, event.type, error[:2000], self.consumer, failed_at, len(event.fields))
             for name, value in event.fields.items():
                 args += (name, value)
+        args += redis_store.EVENT_TYPES  # counted at 0 when absent from the batch, so that each field exists
         keys = [redis_store.events_stream(), redis_store.cluster_metrics(),
                 redis_store.throughput_bucket("indexed", "s", second),
                 redis_store.throughput_bucket("indexed", "m", second // 60), redis_store.dead_letters_stream(),

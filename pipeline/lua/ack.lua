@@ -4,7 +4,8 @@
 -- between commit and ack, or a claim of a slow worker's entry) is counted once.
 -- KEYS: stream, metrics, second bucket, minute bucket, dead letters, latency histogram.
 -- ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket), then
--- m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first).
+-- m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first), then the
+-- event types cluster:metrics counts: each of them, totalEvents and errors exist from the first call, at 0.
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local m = tonumber(ARGV[3])
@@ -40,12 +41,17 @@ for _ = 1, m do
   end
   i = i + 6 + nfields * 2
 end
+-- HINCRBY by 0 creates a missing field at 0: readers of the hash see every counter from the first flush.
+redis.call('HINCRBY', KEYS[2], 'totalEvents', total)
+redis.call('HINCRBY', KEYS[2], 'errors', errors)
+for j = i, #ARGV do
+  redis.call('HINCRBY', KEYS[2], ARGV[j], counts[ARGV[j]] or 0)
+  counts[ARGV[j]] = nil
+end
+for name, count in pairs(counts) do
+  if string.sub(name, 1, 1) == '#' then redis.call('HINCRBY', KEYS[2], name, count) end
+end
 if total > 0 then
-  redis.call('HINCRBY', KEYS[2], 'totalEvents', total)
-  for name, count in pairs(counts) do
-    if string.sub(name, 1, 1) == '#' then redis.call('HINCRBY', KEYS[2], name, count) end
-  end
-  if errors > 0 then redis.call('HINCRBY', KEYS[2], 'errors', errors) end
   redis.call('INCRBY', KEYS[3], total)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
   redis.call('INCRBY', KEYS[4], total)

@@ -1,5 +1,7 @@
-/* The dashboard page: renders whole snapshots from the websocket, falls back to polling the API while the
-   websocket is down, and says when what it shows is stale. */
+/* The dashboard page: renders snapshots from the websocket (the first one whole, then each without its
+   throughput history, with only its newest points, which the page merges into the history it has), falls
+   back to polling the API (whole snapshots) while the websocket is down, and says when what it shows is
+   stale. */
 (function () {
   "use strict";
 
@@ -21,6 +23,8 @@
 
   const state = {
     snapshot: null,
+    // The throughput history: [[epoch seconds, received, indexed], ...] oldest first, as in a whole snapshot.
+    history: { perSecond: [], perMinute: [] },
     receivedAt: 0,
     samples: [], // [server time ms, eventsProcessed, errors], oldest first
     range: "seconds",
@@ -71,6 +75,14 @@
     const serverMs = Date.parse(snapshot.lastUpdate);
     // A poll answer can cross a websocket message: never go back in time.
     if (state.snapshot && serverMs < Date.parse(state.snapshot.lastUpdate)) return;
+    if (snapshot.throughput) {
+      state.history = snapshot.throughput;
+    } else if (snapshot.throughputUpdate) {
+      state.history = {
+        perSecond: merge(state.history.perSecond, snapshot.throughputUpdate.perSecond, 1),
+        perMinute: merge(state.history.perMinute, snapshot.throughputUpdate.perMinute, 60),
+      };
+    }
     state.snapshot = snapshot;
     state.receivedAt = Date.now();
     const last = state.samples[state.samples.length - 1];
@@ -81,6 +93,16 @@
     updateAlerts();
   }
 
+  /* The history with the update's points in place of those it has for the same times, and as long a time
+     span as before (the window of a whole snapshot) ending at the newest point. */
+  function merge(points, update, stepSeconds) {
+    if (!update.length) return points;
+    const span = Math.max(points.length, update.length) * stepSeconds;
+    const newest = update[update.length - 1][0];
+    const kept = points.filter((p) => p[0] < update[0][0] && p[0] > newest - span);
+    return kept.concat(update);
+  }
+
   function render(snap) {
     const events = $("events-processed");
     events.dataset.value = String(snap.eventsProcessed);
@@ -88,7 +110,7 @@
     let eventsRate = rate(1, RATE_WINDOW_MS);
     if (eventsRate === null) {
       // One snapshot so far: the last complete second indexed is the best guess.
-      const perSecond = snap.throughput.perSecond;
+      const perSecond = state.history.perSecond;
       eventsRate = perSecond.length ? perSecond[perSecond.length - 1][2] : 0;
     }
     setText("events-rate", oneDecimal.format(Math.max(eventsRate, 0)));
@@ -215,7 +237,7 @@
 
   function renderChart() {
     if (!state.snapshot) return;
-    const throughput = state.snapshot.throughput;
+    const throughput = state.history;
     if (state.range === "seconds") {
       chart.setData(sinceFirstTraffic(throughput.perSecond, 120), 1);
     } else {
