@@ -40,3 +40,12 @@ def clean_redis() -> Iterator[None]:
     wipe()
     yield
     wipe()
+
+
+@pytest.fixture
+def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's Redis connections point at a port nothing listens on."""
+    monkeypatch.setattr(settings, "REDIS_URL", "redis://127.0.0.1:1/0")
+    redis_store.connect.cache_clear()
+    yield
+    redis_store.connect.cache_clear()

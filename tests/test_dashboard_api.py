@@ -2,11 +2,9 @@
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.test import Client
 
 from pipeline import redis_store
@@ -68,14 +66,6 @@ def test_it_reports_what_the_pipeline_wrote(client: Client) -> None:
 def test_it_is_read_only(client: Client, method: str) -> None:
     assert getattr(client, method)("/api/metrics", data={}).status_code == 405
     assert getattr(client, method)("/", data={}).status_code == 405
-
-
-@pytest.fixture
-def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(settings, "REDIS_URL", "redis://127.0.0.1:1/0")
-    redis_store.connect.cache_clear()
-    yield
-    redis_store.connect.cache_clear()
 
 
 def test_it_says_503_when_redis_is_unreachable(client: Client, unreachable_redis: None) -> None:

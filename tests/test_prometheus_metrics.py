@@ -4,7 +4,6 @@ parsed with prometheus-client's own parser."""
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +173,6 @@ def test_it_answers_401_without_the_metrics_token(client: Client, metrics_token:
 def test_it_answers_with_the_metrics_token(client: Client, metrics_token: str) -> None:
     metrics = scrape(client, Authorization=f"Bearer {metrics_token}")
     assert metrics.value("appview_events_indexed_total") == 0
-
-
-@pytest.fixture
-def unreachable_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(settings, "REDIS_URL", "redis://127.0.0.1:1/0")
-    redis_store.connect.cache_clear()
-    yield
-    redis_store.connect.cache_clear()
 
 
 def test_it_says_which_store_is_down_instead_of_failing(client: Client, unreachable_redis: None) -> None:
