@@ -22,7 +22,7 @@ from django.db import DatabaseError
 from django.utils.crypto import salted_hmac
 
 from appview import selectors as appview_selectors
-from pipeline import redis_store
+from pipeline import redis_store, stream
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def read_pipeline(*, now: float, history_seconds: int, history_minutes: int, sho
     indexed_rate = sum(point[2] for point in recent) / len(recent)
     groups = _ok(groups_raw, [])
     pending_summary = _ok(pending_raw, {})
-    group = _group(groups)
+    group = stream.our_group(groups)
     return PipelineState(
         counters=_counters(_ok(metrics_raw, {})),
         firehose=_firehose_status(_ok(status_raw, None), now=now),
@@ -298,10 +298,6 @@ def _counters(raw: dict[Any, Any]) -> dict[str, int]:
         except (TypeError, ValueError):
             continue
     return counters
-
-
-def _group(groups: list[dict[Any, Any]]) -> dict[Any, Any] | None:
-    return next((g for g in groups if _text(g.get("name")) == redis_store.CONSUMER_GROUP), None)
 
 
 def _firehose_status(raw: bytes | None, *, now: float) -> FirehoseStatus:

@@ -52,6 +52,11 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def our_group(groups: list[dict[Any, Any]]) -> dict[Any, Any] | None:
+    """The consumer group ``firehose-processors`` among the answer of XINFO GROUPS, or None."""
+    return next((g for g in groups if _text(g.get("name") or "") == redis_store.CONSUMER_GROUP), None)
+
+
 def _seq_of_id(entry_id: bytes | str) -> int:
     return int(_text(entry_id).partition("-")[0])
 
@@ -74,7 +79,7 @@ def low_water_mark(client: redis.Redis) -> int | None:
         groups, pending = pipe.execute()
     except redis.ResponseError:
         return None  # no stream or no group
-    group = next((g for g in groups if _text(g["name"]) == redis_store.CONSUMER_GROUP), None)
+    group = our_group(groups)
     if group is None:
         return None
     mark = _seq_of_id(group["last-delivered-id"])

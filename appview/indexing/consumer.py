@@ -34,10 +34,6 @@ class Abandon(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Shutdown was asked while PostgreSQL or Redis does not answer: leave what is unacknowledged pending."""
 
 
-# The buckets of cluster:latency are part of the Redis contract: /metrics reads them too.
-LATENCY_BUCKETS_MS = redis_store.LATENCY_BUCKETS_MS
-
-
 def latency_bucket(event: ParsedEvent, now: float) -> str:
     """The cluster:latency field for an event committed at ``now``; empty when it carries no arrival time."""
     try:
@@ -45,8 +41,9 @@ def latency_bucket(event: ParsedEvent, now: float) -> str:
     except ValueError:
         return ""
     latency_ms = now * 1000 - received_ms
-    index = bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)
-    return str(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else "+inf"
+    buckets = redis_store.LATENCY_BUCKETS_MS
+    index = bisect.bisect_left(buckets, latency_ms)
+    return str(buckets[index]) if index < len(buckets) else "+inf"
 
 
 class StreamConsumer:
@@ -247,7 +244,7 @@ class StreamConsumer:
             except redis.ResponseError:  # the stream or the group is gone (Redis lost its data)
                 stream.ensure_group(self.client)
                 return False
-            group = next((g for g in groups if _text(g["name"]) == redis_store.CONSUMER_GROUP), None)
+            group = stream.our_group(groups)
             if group is None or pending["pending"]:
                 return False
             return _id_tuple(group["last-delivered-id"]) >= _id_tuple(info["last-generated-id"])
