@@ -1,31 +1,31 @@
 """CAR v1 files (content-addressed archives): a DAG-CBOR header, then blocks each prefixed by a varint
 length and its binary CID. Blocks are located, not decoded: callers decode the few they need."""
 
+import mmap
+from typing import Any
+
 import libipld
 
 from protocol.cid import SHA2_256_PREFIX
+
+# A whole CAR in memory, or a view of a mapped file (a repository export can be large).
+Buffer = bytes | memoryview | mmap.mmap
 
 
 class CarError(ValueError):
     """A CAR file that cannot be read; the message says why."""
 
 
-def block_spans(car: bytes) -> dict[bytes, tuple[int, int]]:
+def block_spans(car: Buffer) -> dict[bytes, tuple[int, int]]:
     """Where each block of a CAR v1 file lies: binary CID -> (start, end) of the block's bytes.
 
     Only the blocks that ops point to are decoded afterwards: a commit's CAR also carries the commit
     object and the MST nodes on the path to each record, which the indexer does not read, and decoding
-    them all was the largest single cost of a worker's parsing."""
+    them all was the largest single cost of a worker's parsing. ``car`` may be a memoryview or an mmap of
+    a large file: nothing is copied but the CIDs."""
     try:
-        header_length, position = read_varint(car, 0)
-        header_end = position + header_length
-        if header_length == 0 or header_end > len(car):
-            raise CarError("its header length is out of bounds")
-        header = libipld.decode_dag_cbor(car[position:header_end])
-        if not isinstance(header, dict) or header.get("version") != 1:
-            raise CarError("its header is not a CAR v1 header")
+        _, position = _read_header(car)
         spans: dict[bytes, tuple[int, int]] = {}
-        position = header_end
         size = len(car)
         while position < size:
             length = car[position]
@@ -37,13 +37,37 @@ def block_spans(car: bytes) -> dict[bytes, tuple[int, int]]:
             if end > size or length < 4:
                 raise CarError("a block is too short or runs past the end of the file")
             data_start = _cid_end(car, start, end)
-            spans[car[start:data_start]] = (data_start, end)
+            spans[bytes(car[start:data_start])] = (data_start, end)
             position = end
         return spans
     except CarError:
         raise
     except ValueError as exc:  # libipld's own
         raise CarError(str(exc)) from None
+
+
+def car_roots(car: Buffer) -> list[bytes]:
+    """The root CIDs the CAR's header names (a repository export's is its commit)."""
+    header, _ = _read_header(car)
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not all(isinstance(root, bytes) for root in roots):
+        raise CarError("its header's roots are not a list of CIDs")
+    return roots
+
+
+def _read_header(car: Buffer) -> tuple[dict[str, Any], int]:
+    """The decoded CAR v1 header and the position of the first block."""
+    header_length, position = read_varint(car, 0)
+    header_end = position + header_length
+    if header_length == 0 or header_end > len(car):
+        raise CarError("its header length is out of bounds")
+    try:
+        header = libipld.decode_dag_cbor(bytes(car[position:header_end]))
+    except ValueError as exc:
+        raise CarError(f"its header is not DAG-CBOR: {exc}") from None
+    if not isinstance(header, dict) or header.get("version") != 1:
+        raise CarError("its header is not a CAR v1 header")
+    return header, header_end
 
 
 def read_varint(data: bytes, position: int) -> tuple[int, int]:

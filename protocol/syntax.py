@@ -90,6 +90,24 @@ def is_tid(s: object) -> bool:
     return type(s) is str and _TID_RE.fullmatch(s) is not None
 
 
+_BASE32_SORTABLE = "234567abcdefghijklmnopqrstuvwxyz"
+
+
+def tid_of(microseconds: int, clock_id: int = 0) -> str:
+    """The TID of a time (microseconds since the epoch) and a 10-bit clock id: 13 base32-sortable characters
+    whose text order is their time order."""
+    value = (max(microseconds, 0) << 10) | (clock_id & 1023)
+    return "".join(_BASE32_SORTABLE[(value >> shift) & 31] for shift in range(60, -1, -5))
+
+
+def tid_microseconds(tid: str) -> int:
+    """The time a valid TID encodes, in microseconds since the epoch."""
+    value = 0
+    for char in tid:
+        value = (value << 5) | _BASE32_SORTABLE.index(char)
+    return value >> 10
+
+
 def is_at_uri(s: object) -> bool:
     if type(s) is not str or len(s) > AT_URI_MAX:
         return False
