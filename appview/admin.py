@@ -33,6 +33,7 @@ from appview.models import (
     MODEL_BY_COLLECTION,
     RECORD_MODELS,
     Actor,
+    BackfillRepo,
     GenericRecord,
     Like,
     Post,
@@ -331,9 +332,11 @@ class GenericRecordAdmin(RecordAdmin):
 
 @admin.register(Actor)
 class ActorAdmin(ReadOnlyAdmin):
-    list_display = ("did", "handle", "status", "display_name", "followers_count", "follows_count", "posts_count")
-    list_filter = ("status", "needs_resync", ("first_seen_at", admin.DateFieldListFilter))
-    fields = ("did", "handle", "status", "active", "rev", "needs_resync", "display_name", "description",
+    list_display = ("did", "handle", "status", "sync_status", "rev", "display_name", "followers_count",
+                    "follows_count", "posts_count")
+    list_filter = ("status", "sync_status", ("first_seen_at", admin.DateFieldListFilter))
+    fields = ("did", "handle", "handle_checked_at", "status", "active", "sync_status", "rev", "sync_reason",
+              "sync_tries", "resync_after", "missing_revs", "floor_rev", "display_name", "description",
               "followers_count", "follows_count", "posts_count", "first_seen_at", "updated_at", "records")
     search_fields = ("did",)
     search_help_text = "Exact DID (did:...) or handle"
@@ -355,7 +358,7 @@ class ActorAdmin(ReadOnlyAdmin):
 
 @admin.register(RecordTombstone)
 class RecordTombstoneAdmin(ReadOnlyAdmin):
-    list_display = ("uri", "did", "seq", "deleted_at")
+    list_display = ("uri", "did", "rev", "deleted_at")
     list_filter = (("deleted_at", admin.DateFieldListFilter),)
     search_fields = ("uri",)
     search_help_text = "Exact DID (did:...) or AT-URI (at://...)"
@@ -363,7 +366,18 @@ class RecordTombstoneAdmin(ReadOnlyAdmin):
 
 @admin.register(IndexCursor)
 class IndexCursorAdmin(ReadOnlyAdmin):
-    list_display = ("name", "seq", "updated_at")
+    list_display = ("name", "generation", "seq", "updated_at")
+
+
+@admin.register(BackfillRepo)
+class BackfillRepoAdmin(ReadOnlyAdmin):
+    list_display = ("did", "state", "rev", "records", "tries", "error", "finished_at")
+    list_filter = ("state",)
+    search_fields = ("did",)
+    search_help_text = "Exact DID (did:...)"
+
+    def search_filter(self, term: str) -> models.Q:
+        return models.Q(did=term)
 
 
 class CheckedActionSelection(admin.ModelAdmin):

@@ -1,13 +1,16 @@
 """The AppView schema: actors, one table per indexed collection, a generic record table, tombstones
 that keep deletes ordered, and the ledger of row counts (the durable cursor is ``pipeline.models``).
 
-Every record row carries ``seq``, the relay seq of the event that last wrote it. Writes only apply
-when their seq is newer than the row's and than any tombstone for the same URI, which is what makes
-indexing idempotent and independent of the order in which workers commit events.
+Every record row carries ``rev``, the rev of the commit that last wrote it (a repo's revs grow with each
+commit and are the same on every relay), and ``seq``, the relay seq that delivered it (for tracing). Writes
+only apply when their rev is newer than the row's, than any tombstone for the same URI and than the repo's
+``floor_rev``, which is what makes indexing idempotent and independent of the order in which workers commit
+events and of the relay that delivered them.
 """
 
 from typing import ClassVar
 
+from django.contrib.postgres.fields import ArrayField
 from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector
 from django.db import models
@@ -24,18 +27,42 @@ class ActorStatus(models.TextChoices):
     THROTTLED = "throttled"
 
 
+# Accounts readers do not see, nor their likes, reposts, replies, quotes and follows in anyone's counts.
+HIDDEN_STATUSES: tuple[str, ...] = tuple(
+    status.value for status in (ActorStatus.DEACTIVATED, ActorStatus.TAKENDOWN, ActorStatus.SUSPENDED,
+                                ActorStatus.DELETED))
+
+
+class RepoSyncStatus(models.TextChoices):
+    """Whether the index follows the repository commit by commit (SPEC section 12)."""
+
+    ACTIVE = "active"
+    DESYNCHRONIZED = "desynchronized"  # a commit failed a check or was missed: queued for resync
+    RESYNCING = "resyncing"  # its repository is being fetched from its PDS
+    ERROR = "error"  # the last resync failed: tried again later (resync_after)
+
+
 class Actor(models.Model):
     did = models.TextField(primary_key=True)
     handle = models.TextField(null=True, blank=True)
-    handle_seq = models.BigIntegerField(default=0)
+    # When the DID document that gave ``handle`` was fetched: a newer resolution wins, whatever the event order.
+    handle_checked_at = models.DateTimeField(null=True, blank=True)
     active = models.BooleanField(default=True)
     status = models.TextField(choices=ActorStatus.choices, default=ActorStatus.ACTIVE)
-    status_seq = models.BigIntegerField(default=0)
+    # Where the #account event that set active/status stands (events.ParsedEvent.position): a later one wins.
+    status_position = models.TextField(blank=True, default="")
+    # The highest rev of a commit applied: the baseline a commit's ``since`` is checked against.
     rev = models.TextField(null=True, blank=True)
-    rev_seq = models.BigIntegerField(default=0)
-    needs_resync = models.BooleanField(default=False)
-    # Records written by events at or below this seq belong to a deleted account and are refused.
-    purged_seq = models.BigIntegerField(default=0)
+    # Writes at or below this rev are refused: the repository's state up to it is already stored (a resync) or
+    # gone (the account was deleted).
+    floor_rev = models.TextField(blank=True, default="")
+    # Revs that applied commits name as their ``since`` and that no applied commit had: commits not seen yet.
+    missing_revs = ArrayField(models.TextField(), default=list, blank=True)
+    missing_since = models.DateTimeField(null=True, blank=True)
+    sync_status = models.TextField(choices=RepoSyncStatus.choices, default=RepoSyncStatus.ACTIVE)
+    sync_reason = models.TextField(blank=True, default="")  # why it was marked, or the last resync error
+    sync_tries = models.IntegerField(default=0)  # resyncs failed in a row
+    resync_after = models.DateTimeField(null=True, blank=True)  # queued: to be resynced from this time
     display_name = models.TextField(null=True, blank=True)
     description = models.TextField(null=True, blank=True)
     followers_count = models.IntegerField(default=0)
@@ -48,6 +75,12 @@ class Actor(models.Model):
         indexes = [
             models.Index(fields=["handle"], name="actor_handle_idx"),
             models.Index(fields=["status"], name="actor_status_idx", condition=~models.Q(status="active")),
+            models.Index(fields=["sync_status"], name="actor_sync_status_idx",
+                         condition=~models.Q(sync_status="active")),
+            models.Index(fields=["resync_after"], name="actor_resync_queue_idx",
+                         condition=models.Q(resync_after__isnull=False)),
+            models.Index(fields=["missing_since"], name="actor_missing_revs_idx",
+                         condition=models.Q(missing_since__isnull=False)),
             BrinIndex(fields=["first_seen_at"], name="actor_first_seen_brin"),
         ]
 
@@ -310,11 +343,13 @@ class GenericRecord(RepoRecord):
 
 
 class RecordTombstone(models.Model):
-    """A deleted record's URI and the seq of its delete, so that an older create cannot bring it back."""
+    """A deleted record's URI and the rev of the commit that deleted it, so that an older create cannot bring
+    it back. Collected once older than TOMBSTONE_RETENTION or at or below the repo's floor_rev
+    (docs/ARCHITECTURE.md, "Order independence")."""
 
     uri = models.TextField(primary_key=True)
     did = models.TextField()
-    seq = models.BigIntegerField()
+    rev = models.TextField()
     deleted_at = models.DateTimeField(db_default=Now())
 
     class Meta:
@@ -325,6 +360,25 @@ class RecordTombstone(models.Model):
 
     def __str__(self) -> str:
         return self.uri
+
+
+class HiddenShare(models.Model):
+    """The part of a post's or an actor's counts that comes from hidden accounts (HIDDEN_STATUSES), which
+    readers take out: kept by the worker as rows change and as accounts are hidden or shown again, so that a
+    reader needs one lookup by key instead of counting those accounts' records. Only keys with a share have
+    a row. ``key`` is a post URI (likes .. quotes: by hidden accounts) or an actor DID (followers: hidden
+    accounts following it; follows: the hidden accounts it follows)."""
+
+    key = models.TextField(primary_key=True)
+    like_count = models.IntegerField(default=0)
+    repost_count = models.IntegerField(default=0)
+    reply_count = models.IntegerField(default=0)
+    quote_count = models.IntegerField(default=0)
+    followers_count = models.IntegerField(default=0)
+    follows_count = models.IntegerField(default=0)
+
+    def __str__(self) -> str:
+        return self.key
 
 
 class RowCountDelta(models.Model):
@@ -350,3 +404,54 @@ RECORD_MODELS: tuple[type[RepoRecord], ...] = (
     ChatDeclaration,
 )
 MODEL_BY_COLLECTION: dict[str, type[RepoRecord]] = {model.collection: model for model in RECORD_MODELS}
+
+
+class BackfillState(models.TextChoices):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"  # claimed by a run (``claimed_by``) until ``due_at``, which the run keeps renewing
+    DONE = "done"  # stored at ``rev``
+    FAILED = "failed"  # ``error``; tried again from ``due_at`` unless ``tries`` reached BACKFILL_MAX_TRIES
+
+
+class BackfillRepo(models.Model):
+    """A repository that ``manage.py backfill`` loads whole from its PDS, and where its load stands (SPEC
+    section 12). The table is the backfill's queue: a run adds its scope's repositories and loads every one
+    that is due; a repository done is never loaded again."""
+
+    did = models.TextField(primary_key=True)
+    state = models.TextField(choices=BackfillState.choices, db_default=BackfillState.PENDING)
+    # When a run may take it: pending, from when it was queued; in progress, when the claim's lease ends;
+    # failed, when it is to be tried again. NULL: nothing left to do (done, or failed for good).
+    due_at = models.DateTimeField(null=True, blank=True, db_default=Now())
+    claimed_by = models.TextField(blank=True, db_default="")  # the run holding it (in progress)
+    rev = models.TextField(blank=True, db_default="")  # the rev of the repository stored
+    records = models.BigIntegerField(db_default=0)  # records stored
+    error = models.TextField(blank=True, db_default="")  # the last failure: "<reason>: <detail>"
+    tries = models.IntegerField(db_default=0)  # failed loads in a row
+    queued_at = models.DateTimeField(db_default=Now())
+    started_at = models.DateTimeField(null=True, blank=True)  # the last claim
+    finished_at = models.DateTimeField(null=True, blank=True)  # done, or the last failure
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["due_at"], name="backfill_due_idx", condition=models.Q(due_at__isnull=False)),
+            models.Index(fields=["state"], name="backfill_state_idx", condition=~models.Q(state="done")),
+        ]
+
+    def __str__(self) -> str:
+        return self.did
+
+
+class BackfillListing(models.Model):
+    """How far the listing of a scope's repositories from a relay has come (``listRepos``, or
+    ``listReposByCollection`` for a signal collection), so that a run that stops continues the listing where
+    it was."""
+
+    scope = models.TextField(primary_key=True)  # "<relay host> <method> [collection]"
+    cursor = models.TextField(blank=True, db_default="")  # the relay's cursor for the next page
+    complete = models.BooleanField(db_default=False)  # the last page was read
+    repos = models.BigIntegerField(db_default=0)  # repositories listed so far
+    updated_at = models.DateTimeField(db_default=Now())
+
+    def __str__(self) -> str:
+        return self.scope

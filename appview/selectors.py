@@ -4,9 +4,17 @@ and the cluster:metrics counters (SPEC section 4, ``index_stats``; the dashboard
 from django.db import connection
 from django.db.models import Count, Sum
 
-from appview.models import RECORD_MODELS, Actor, ActorStatus, RowCountDelta
+from appview.models import (
+    RECORD_MODELS,
+    Actor,
+    ActorStatus,
+    BackfillRepo,
+    BackfillState,
+    RepoSyncStatus,
+    RowCountDelta,
+)
 from pipeline import redis_store
-from pipeline.cursor import read_durable_cursor
+from pipeline.cursor import current_durable_cursor
 
 
 def record_counts() -> dict[str, int]:
@@ -48,20 +56,25 @@ def estimated_rows(table: str) -> int:
     return max(int(row[0]), 0) if row else 0
 
 
-def estimated_actors_needing_resync() -> int:
-    """Actors marked ``needs_resync``, as PostgreSQL's statistics of the actor table estimate them (as fresh
-    as its last ANALYZE): no index holds them, and counting would read the whole table."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT greatest(c.reltuples, 0) * coalesce((SELECT m.freq FROM unnest("
-            "  s.most_common_vals::text::boolean[], s.most_common_freqs) AS m(val, freq) WHERE m.val), 0)"
-            " FROM pg_class c LEFT JOIN pg_stats s"
-            "  ON s.schemaname = current_schema() AND s.tablename = c.relname AND s.attname = 'needs_resync'"
-            " WHERE c.oid = %s::regclass",
-            [Actor._meta.db_table],
-        )
-        row = cursor.fetchone()
-    return round(row[0]) if row else 0
+def repo_sync_counts() -> dict[str, int]:
+    """Repositories not in sync, by state (``desynchronized``, ``resyncing``, ``error``: each listed), and
+    ``queued``: those waiting for a resync. Read through the partial indexes that hold only such rows."""
+    by_status = dict(
+        Actor.objects.exclude(sync_status=RepoSyncStatus.ACTIVE).values_list("sync_status").annotate(n=Count("*"))
+    )
+    counts = {status: by_status.get(status, 0) for status in RepoSyncStatus.values if status != RepoSyncStatus.ACTIVE}
+    counts["queued"] = Actor.objects.filter(resync_after__isnull=False).count()
+    return counts
+
+
+def backfill_queue() -> dict[str, int]:
+    """Repositories of the backfill queue not done yet, by state (``pending``, ``in_progress``, ``failed``: each
+    listed), and ``waiting``: those a run will load (all but the failed ones out of tries). Read through the
+    partial indexes that hold only such rows."""
+    by_state = dict(BackfillRepo.objects.exclude(state=BackfillState.DONE).values_list("state").annotate(n=Count("*")))
+    counts = {state: by_state.get(state, 0) for state in BackfillState.values if state != BackfillState.DONE}
+    counts["waiting"] = BackfillRepo.objects.filter(due_at__isnull=False).count()
+    return counts
 
 
 def cluster_metrics() -> dict[str, int]:
@@ -80,6 +93,7 @@ def index_stats() -> dict[str, object]:
     return {
         "records": record_counts(),
         "actors": actor_counts(),
-        "cursor": read_durable_cursor(),
+        "repos": repo_sync_counts(),
+        "cursor": current_durable_cursor(),
         "metrics": cluster_metrics(),
     }

@@ -46,6 +46,10 @@ TARGETS = {"rate": 15_000, "copy_ratio": 0.5, "naive_ratio": 10, "rss_mb": 200}
 def setup_environment(prefix: str) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["REDIS_KEY_PREFIX"] = prefix
+    # The unsigned simulator's commits carry no real signature or MST: this measures indexing without the
+    # Sync v1.1 checks (bench/sync_bench.py measures them), and resolves no DID (#identity events) on the network.
+    os.environ["VERIFY_COMMITS"] = "0"
+    os.environ["PLC_URL"] = "http://127.0.0.1:9"
     base = os.environ.get("DATABASE_URL", "postgres://localhost:5432/appview")
     os.environ["DATABASE_URL"] = re.sub(r"/[^/]*$", f"/{BENCH_DB}", base)
 
@@ -249,9 +253,6 @@ def naive_index(frames: list[tuple[int, bytes]]) -> float:
             continue
         with transaction.atomic():
             actor, _ = Actor.objects.get_or_create(did=event.did)
-            if event.handle is not None:
-                actor.handle = event.handle
-                actor.save()
             if event.account is not None:
                 actor.active, actor.status = event.account
                 actor.save()

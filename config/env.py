@@ -4,6 +4,7 @@ A bad value stops the process with one line that names the variable: ``ConfigErr
 ``SystemExit``, so neither ``manage.py`` nor daphne prints a traceback for it.
 """
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,40 @@ def env_url(name: str, default: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ConfigError(name, f"must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _host_and_port(name: str, raw: str, *, default_port: int | None) -> tuple[str, int]:
+    problem = f"entries must be {'host[:port]' if default_port else 'host:port'}, got {raw!r}"
+    try:
+        parts = urlsplit("//" + raw.strip())
+        port = parts.port or default_port
+    except ValueError:
+        raise ConfigError(name, problem) from None
+    if not parts.hostname or port is None or parts.path or parts.query or parts.username:
+        raise ConfigError(name, problem)
+    return parts.hostname, port
+
+
+def env_ip_addresses(name: str, *, default_port: int) -> list[tuple[str, int]]:
+    """Comma-separated ``ip[:port]`` entries (``[::1]:53`` for IPv6); empty when unset."""
+    addresses = [_host_and_port(name, item, default_port=default_port) for item in env_list(name, [])]
+    for host, _port in addresses:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(name, f"entries must be IP addresses, got {host!r}") from None
+    return addresses
+
+
+def env_host_map(name: str) -> dict[str, tuple[str, int]]:
+    """Comma-separated ``name=host:port`` entries, as a map of lowercase names to addresses; empty when unset."""
+    mapping: dict[str, tuple[str, int]] = {}
+    for item in env_list(name, []):
+        key, separator, address = item.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(name, f"entries must be name=host:port, got {item!r}")
+        mapping[key.strip().lower()] = _host_and_port(name, address, default_port=None)
+    return mapping
 
 
 def env_redis_url(name: str, default: str) -> str:

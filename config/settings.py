@@ -1,5 +1,6 @@
 """One settings module; every value can be set from the environment (SPEC section 2)."""
 
+import re
 from pathlib import Path
 
 from config.env import (
@@ -7,7 +8,9 @@ from config.env import (
     env_bool,
     env_database_url,
     env_float,
+    env_host_map,
     env_int,
+    env_ip_addresses,
     env_list,
     env_redis_url,
     env_secret_key,
@@ -41,6 +44,7 @@ INSTALLED_APPS = [
     "relaysim",
     "dashboard",
     "xrpc",
+    "identity",
 ]
 
 MIDDLEWARE = [
@@ -115,6 +119,17 @@ CHANNEL_LAYERS = {
 
 RELAY_URL = env_str("RELAY_URL", "wss://bsky.network")
 
+# DID resolution and handle confirmation (SPEC section 12, identity/).
+PLC_URL = env_url("PLC_URL", "https://plc.directory")
+IDENTITY_CACHE_TTL = env_int("IDENTITY_CACHE_TTL", 24 * 3600, minimum=1)  # seconds a resolved DID is trusted
+IDENTITY_TIMEOUT = env_float("IDENTITY_TIMEOUT", 5.0, minimum=0.1)  # seconds, per request and per DNS query
+IDENTITY_CONCURRENCY = env_int("IDENTITY_CONCURRENCY", 8, minimum=1)  # requests at once to one host
+# Empty: the system's resolver. Tests and the simulator point it at a local server ("127.0.0.1:5353").
+DNS_NAMESERVERS = env_ip_addresses("DNS_NAMESERVERS", default_port=53)
+# Dev and tests only: "example.test=127.0.0.1:8123,..." sends requests for these host names to a local server
+# over plain http (did:web documents, handles' atproto-did, PDSes). Empty in production: https only.
+IDENTITY_HOST_OVERRIDES = env_host_map("IDENTITY_HOST_OVERRIDES")
+
 # The dashboard is public: off, it shows workers without host or pid, under a pseudonym (/metrics keeps names).
 DASHBOARD_SHOW_HOSTS = env_bool("DASHBOARD_SHOW_HOSTS", True)
 # When set, /metrics (Prometheus) answers only requests with "Authorization: Bearer <METRICS_TOKEN>";
@@ -152,6 +167,37 @@ FIREHOSE_MAX_FRAME_BYTES = env_int("FIREHOSE_MAX_FRAME_BYTES", 5 * 1024 * 1024, 
 WORKER_BATCH_SIZE = env_int("WORKER_BATCH_SIZE", 5000, minimum=1, maximum=100_000)
 WORKER_CLAIM_IDLE_MS = env_int("WORKER_CLAIM_IDLE_MS", 60_000, minimum=1000)
 WORKER_MAX_ATTEMPTS = env_int("WORKER_MAX_ATTEMPTS", 3, minimum=1)
+
+# Sync (SPEC section 12). Commits are checked as Sync v1.1 says unless VERIFY_COMMITS is off.
+VERIFY_COMMITS = env_bool("VERIFY_COMMITS", True)
+# Seconds a batch waits for the signing keys of repos not in the caches; a repo whose key is still unknown
+# is queued for resync rather than holding up the batch.
+SIGNING_KEY_WAIT = env_float("SIGNING_KEY_WAIT", 2.0, minimum=0.0)
+# Seconds a commit named as ``since`` may stay missing (another worker may hold it) before the repo is resynced.
+MISSING_COMMIT_GRACE = env_float("MISSING_COMMIT_GRACE", 120.0, minimum=1.0)
+# Seconds a tombstone is kept: longer than any relay replays events (a few days) and than the stream holds them.
+TOMBSTONE_RETENTION = env_int("TOMBSTONE_RETENTION", 7 * 86_400, minimum=3600)
+RESYNC_CONCURRENCY = env_int("RESYNC_CONCURRENCY", 4, minimum=1, maximum=64)  # repos fetched at once
+RESYNC_MAX_BYTES = env_int("RESYNC_MAX_BYTES", 1024**3, minimum=1024 * 1024)  # largest repository export accepted
+# Seconds per network operation of a repository fetch; the whole fetch may take 60 times that.
+RESYNC_TIMEOUT = env_float("RESYNC_TIMEOUT", 30.0, minimum=1.0)
+
+# Which collections are stored, by backfill and live indexing alike: NSIDs and namespaces ("app.bsky.graph.*"),
+# comma-separated; empty: every collection (appview/indexing/collection_filter.py).
+COLLECTION_FILTERS = tuple(env_list("COLLECTION_FILTERS", []))
+for _pattern in COLLECTION_FILTERS:
+    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)*(\.\*|\.[a-zA-Z][a-zA-Z0-9]*)", _pattern):
+        raise ConfigError("COLLECTION_FILTERS", f"must list NSIDs or namespaces ending in .*, got {_pattern!r}")
+
+# Backfill (manage.py backfill, appview/sync/backfill.py): whole repositories loaded from their PDSes.
+BACKFILL_CONCURRENCY = env_int("BACKFILL_CONCURRENCY", 8, minimum=1, maximum=256)  # repositories fetched at once
+BACKFILL_PDS_CONCURRENCY = env_int("BACKFILL_PDS_CONCURRENCY", 4, minimum=1)  # of them from one PDS
+# Records (and repositories) written to PostgreSQL in one transaction: a COPY into staging tables, one merge.
+BACKFILL_BATCH_RECORDS = env_int("BACKFILL_BATCH_RECORDS", 20_000, minimum=1)
+BACKFILL_BATCH_REPOS = env_int("BACKFILL_BATCH_REPOS", 500, minimum=1)
+# Seconds a run's claim on a repository lasts without being renewed (a killed run's repos are taken again after it).
+BACKFILL_LEASE_SECONDS = env_float("BACKFILL_LEASE_SECONDS", 120.0, minimum=1.0)
+BACKFILL_MAX_TRIES = env_int("BACKFILL_MAX_TRIES", 5, minimum=1)  # failed loads of a repo before it stays failed
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -220,5 +266,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    # httpx logs every request at INFO: one line per DID resolved.
+    "loggers": {"django.channels.server": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

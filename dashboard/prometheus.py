@@ -42,19 +42,28 @@ class ClusterCollector:
             yield from _workers(state)
             yield from _firehose(state)
             yield _latency(state)
+            yield from _backfill(state)
         try:
-            resync_estimate = appview_selectors.estimated_actors_needing_resync()
+            repos = appview_selectors.repo_sync_counts()
+            backfill_queue = appview_selectors.backfill_queue()
         except DatabaseError as exc:
             logger.warning("metrics scrape without PostgreSQL: %s: %s", type(exc).__name__, exc)
             store_up.add_metric(["postgres"], 0)
         else:
             store_up.add_metric(["postgres"], 1)
-            yield GaugeMetricFamily(
-                "appview_resync_queue_actors_estimate",
-                "Actors marked needs_resync (repository to fetch again), as PostgreSQL's statistics estimate it",
-                value=resync_estimate)
-        yield GaugeMetricFamily("appview_backfill_queue_repos",
-                                "Repositories waiting for backfill (backfill is not built yet: always 0)", value=0)
+            by_state = GaugeMetricFamily("appview_repos_out_of_sync",
+                                         "Repositories not in sync with their PDS, by state (queued: waiting for a"
+                                         " resync)", labels=["state"])
+            for state_name, count in repos.items():
+                by_state.add_metric([state_name], count)
+            yield by_state
+            yield GaugeMetricFamily("appview_backfill_queue_repos", "Repositories a backfill run will load (pending,"
+                                    " in progress, or failed and due again)", value=backfill_queue["waiting"])
+            backfill_by_state = GaugeMetricFamily("appview_backfill_repos", "Repositories of the backfill queue not"
+                                                  " done yet, by state", labels=["state"])
+            for state_name in ("pending", "in_progress", "failed"):
+                backfill_by_state.add_metric([state_name], backfill_queue[state_name])
+            yield backfill_by_state
         yield store_up
 
 
@@ -150,3 +159,23 @@ def _latency(state: selectors.PipelineState) -> Metric:
                                       "Time from run_firehose reading an event to its commit (cluster:latency)")
     histogram.add_metric([], buckets, sum_value=None)
     return histogram
+
+
+def _backfill(state: selectors.PipelineState) -> Iterator[Metric]:
+    """The latest backfill run's figures, as it publishes them (``backfill:progress``)."""
+    progress = state.backfill
+    yield GaugeMetricFamily("appview_backfill_running", "Whether a backfill run is publishing its progress now",
+                            value=int(progress["state"] == "running"))
+    repos = GaugeMetricFamily("appview_backfill_run_repos", "Repositories of the latest backfill run, by state "
+                              "(done counts those done before it started)", labels=["state"])
+    for name, key in (("done", "reposDone"), ("failed", "reposFailed"), ("in_progress", "reposInProgress"),
+                      ("remaining", "reposRemaining")):
+        repos.add_metric([name], progress[key])  # type: ignore[literal-required]
+    yield repos
+    yield GaugeMetricFamily("appview_backfill_records", "Records the latest backfill run stored",
+                            value=progress["records"])
+    yield GaugeMetricFamily("appview_backfill_records_per_second", "Records per second of the latest backfill run",
+                            value=progress["recordsPerSecond"])
+    if progress["etaSeconds"] is not None:
+        yield GaugeMetricFamily("appview_backfill_eta_seconds", "Seconds the running backfill expects to need",
+                                value=progress["etaSeconds"])

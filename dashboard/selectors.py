@@ -8,6 +8,7 @@ shows may be public: relay URLs lose their credentials, and worker hosts can be 
 
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -32,10 +33,13 @@ PER_MINUTE_HISTORY = 24 * 60
 RATE_WINDOW_SECONDS = 10
 # A worker whose heartbeat is older than this is shown as stale (it may have died).
 WORKER_STALE_SECONDS = 30.0
+# A backfill run publishes its progress every second: one silent this long was stopped without saying so.
+BACKFILL_STALE_SECONDS = 10.0
 RECORD_COUNTS_CACHE_KEY = "dashboard:record-counts"
 RECORD_COUNTS_CACHE_SECONDS = 5
 LAST_RECORD_COUNTS_CACHE_KEY = "dashboard:record-counts:last"
 LAST_RECORD_COUNTS_CACHE_SECONDS = 24 * 3600
+REPO_SYNC_CACHE_KEY = "dashboard:repo-sync-counts"
 # After the first message, a websocket gets only the newest points of the throughput history: the last
 # few seconds and minutes, sent again each time, since a bucket can still grow for a moment after its
 # second ends (workers' clocks a little apart) and a message or two may be dropped on a slow socket.
@@ -83,6 +87,33 @@ class Throughput(TypedDict):
     perMinute: list[list[int]]
 
 
+class SyncState(TypedDict):
+    """Repositories out of sync by state (from PostgreSQL; {} while it does not answer), resyncs done and
+    failed, and the commits not applied, by reason (``errors:<reason>`` in cluster:metrics)."""
+
+    repos: dict[str, int]
+    resyncs: int
+    resyncFailures: int
+    commitsRefused: dict[str, int]
+
+
+class BackfillProgress(TypedDict):
+    """The latest ``manage.py backfill`` run, as it publishes itself (``backfill:progress``) every second.
+    ``state``: none (no run yet), running, finished, stopped, or stale (a run that stopped publishing without
+    saying so: killed)."""
+
+    state: str
+    reposDone: int
+    reposTotal: int
+    reposFailed: int
+    reposInProgress: int
+    reposRemaining: int
+    records: int
+    recordsPerSecond: float
+    etaSeconds: int | None
+    updatedSecondsAgo: float | None
+
+
 class _State(TypedDict):
     """What every message of the dashboard carries."""
 
@@ -95,6 +126,8 @@ class _State(TypedDict):
     workers: list[WorkerState]
     records: dict[str, int]
     databaseAvailable: bool
+    sync: SyncState
+    backfill: BackfillProgress
     lastUpdate: str
 
 
@@ -121,6 +154,7 @@ class PipelineState:
     latency_ms: dict[str, int]  # cluster:latency: bucket upper bound in ms (or "+inf") -> events
     pending_summary: dict[str, Any]
     last_delivered_id: str | None  # the consumer group's, None when there is no group yet
+    backfill: BackfillProgress
 
 
 def read_pipeline(*, now: float, history_seconds: int, history_minutes: int, show_hosts: bool) -> PipelineState:
@@ -140,12 +174,13 @@ def read_pipeline(*, now: float, history_seconds: int, history_minutes: int, sho
     pipe.xlen(redis_store.dead_letters_stream())
     pipe.hgetall(redis_store.cluster_workers())
     pipe.hgetall(redis_store.latency_histogram())
+    pipe.hgetall(redis_store.backfill_progress())
     for series in ("received", "indexed"):
         pipe.mget([redis_store.throughput_bucket(series, "s", t) for t in seconds])
     for series in ("received", "indexed"):
         pipe.mget([redis_store.throughput_bucket(series, "m", m) for m in minutes])
     # A missing stream or consumer group answers with an error: that is "nothing running yet".
-    (metrics_raw, status_raw, length, pending_raw, groups_raw, dead_letters, workers_raw, latency_raw,
+    (metrics_raw, status_raw, length, pending_raw, groups_raw, dead_letters, workers_raw, latency_raw, backfill_raw,
      received_s, indexed_s, received_m, indexed_m) = pipe.execute(raise_on_error=False)
 
     per_second = [[t, _int(r), _int(i)] for t, r, i in zip(seconds, received_s, indexed_s, strict=True)]
@@ -166,6 +201,7 @@ def read_pipeline(*, now: float, history_seconds: int, history_minutes: int, sho
         latency_ms=_counters(_ok(latency_raw, {})),
         pending_summary=pending_summary,
         last_delivered_id=None if group is None else _text(group.get("last-delivered-id")),
+        backfill=_backfill(_ok(backfill_raw, {}), now=now),
     )
 
 
@@ -187,6 +223,8 @@ def build_snapshot(*, now: float | None = None) -> Snapshot:
         "workers": state.workers,
         "records": records,
         "databaseAvailable": database_available,
+        "sync": sync_state(state.counters),
+        "backfill": state.backfill,
         "throughput": {"perSecond": state.per_second, "perMinute": state.per_minute},
         "lastUpdate": datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds"),
     }
@@ -207,6 +245,8 @@ def snapshot_update(snapshot: Snapshot) -> SnapshotUpdate:
         "workers": snapshot["workers"],
         "records": snapshot["records"],
         "databaseAvailable": snapshot["databaseAvailable"],
+        "sync": snapshot["sync"],
+        "backfill": snapshot["backfill"],
         "throughputUpdate": {"perSecond": history["perSecond"][-UPDATE_SECONDS:],
                              "perMinute": history["perMinute"][-UPDATE_MINUTES:]},
         "lastUpdate": snapshot["lastUpdate"],
@@ -247,6 +287,25 @@ def record_counts() -> tuple[dict[str, int], bool]:
         result = (cache.get(LAST_RECORD_COUNTS_CACHE_KEY) or {}, False)
     cache.set(RECORD_COUNTS_CACHE_KEY, result, RECORD_COUNTS_CACHE_SECONDS)
     return result
+
+
+def sync_state(counters: dict[str, int]) -> SyncState:
+    """The sync figures of a snapshot; the repository counts cached like the record counts."""
+    repos = cache.get(REPO_SYNC_CACHE_KEY)
+    if repos is None:
+        try:
+            repos = appview_selectors.repo_sync_counts()
+        except DatabaseError as exc:
+            logger.warning("repository sync counts unavailable, PostgreSQL failed: %s: %s", type(exc).__name__, exc)
+            repos = {}
+        cache.set(REPO_SYNC_CACHE_KEY, repos, RECORD_COUNTS_CACHE_SECONDS)
+    return {
+        "repos": repos,
+        "resyncs": counters.get("resyncs", 0),
+        "resyncFailures": counters.get("resyncFailures", 0),
+        "commitsRefused": {name.removeprefix("errors:"): count for name, count in counters.items()
+                           if name.startswith("errors:")},
+    }
 
 
 def oldest_waiting_age(state: PipelineState, *, now: float) -> float:
@@ -323,6 +382,36 @@ def _firehose_status(raw: bytes | None, *, now: float) -> FirehoseStatus:
         "eventsReceived": _int(status.get("eventsReceived")),
         "errors": _int(status.get("errors")),
     }
+
+
+def _backfill(raw: dict[bytes, bytes], *, now: float) -> BackfillProgress:
+    fields = {_text(name): _text(value) for name, value in raw.items()}
+    updated = _decimal(fields.get("updatedAt"))
+    age = None if updated is None else max(now - updated, 0.0)
+    state = fields.get("state", "none")
+    if state == "running" and (age is None or age > BACKFILL_STALE_SECONDS):
+        state = "stale"
+    eta = _int(fields.get("etaSeconds"))
+    return {
+        "state": state,
+        "reposDone": _int(fields.get("reposDone")),
+        "reposTotal": _int(fields.get("reposTotal")),
+        "reposFailed": _int(fields.get("reposFailed")),
+        "reposInProgress": _int(fields.get("reposInProgress")),
+        "reposRemaining": _int(fields.get("reposRemaining")),
+        "records": _int(fields.get("records")),
+        "recordsPerSecond": _decimal(fields.get("recordsPerSecond")) or 0.0,
+        "etaSeconds": eta if state == "running" and eta else None,
+        "updatedSecondsAgo": None if age is None else round(age, 1),
+    }
+
+
+def _decimal(text: str | None) -> float | None:
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _queue_state(

@@ -10,10 +10,15 @@ Tasks on one event loop:
 - housekeeping keeps ``firehose:status`` fresh, trims acknowledged entries, lifts backpressure, watches
   for stalls and logs throughput.
 
-Positions: ``firehose:cursor`` (in Redis, written with each push) is where a restarted process resumes;
-while running, the reader reconnects from the last seq it accepted into the buffer, since every buffered
-event will be pushed. Events at or below the highest seq already in the stream are skipped: the stream's
-explicit IDs would refuse them anyway.
+Positions: entries go into the stream under a generation, a number claimed in PostgreSQL for one
+continuous numbering of one relay host (docs/ARCHITECTURE.md, "The stream entry"). ``firehose:cursor`` (in
+Redis, written with each push) is where a restarted process resumes when its generation is still the one of
+this relay; otherwise a new generation starts from the relay's durable cursor in PostgreSQL (another relay
+was read meanwhile, or Redis lost its data). While running, the reader reconnects from the last seq it
+accepted into the buffer, since every buffered event will be pushed. Events at or below the highest seq of
+the generation already in the stream are skipped: the stream's explicit IDs would refuse them anyway. A
+relay whose numbering started over (it answers ``FutureCursor`` to the cursor, or sends first an event
+below it) gets a new generation, read live.
 """
 
 import asyncio
@@ -21,18 +26,21 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
 from django import db
+from django.db import transaction
 
 from firehose import websocket
-from pipeline import status, stream
-from pipeline.cursor import read_durable_cursor
+from pipeline import cursor, status, stream
 from protocol.frames import OP_ERROR, REPO_EVENT_TYPES, FrameError, decode_frame, event_of
+
+T = TypeVar("T")
 
 log = logging.getLogger("firehose")
 
@@ -118,6 +126,7 @@ class Counters:
 @dataclass
 class _Connection:
     started: float
+    resumed_from: int | None  # the cursor it was opened with, until its first repo event
     accepted: int = 0
     stop_reason: str | None = None  # set by whoever closes the connection on purpose
 
@@ -162,6 +171,8 @@ class Firehose:
         self.config = config
         self.client = client
         self.async_client = async_client
+        self.relay_host = cursor.relay_host(config.relay_url)
+        self.generation = 0  # of the entries read now; claimed in PostgreSQL before the first is read
         self.counters = Counters()
         self.connected = False
         self.paused = False  # backpressure: the stream is above its high-water mark
@@ -169,7 +180,9 @@ class Firehose:
         self.stream_length = 0
         self._pusher: stream.Pusher | None = None
         self._cursor: int | None = None  # where to reconnect: the last seq accepted (None: live)
-        self._floor = 0  # events at or below this seq are already in the stream
+        self._floor = 0  # events at or below this seq are already in the stream, in this generation
+        self._restarted_numbering: str | None = None  # why the relay's numbering seems to have started over
+        self._position_lock = asyncio.Lock()  # one change of generation and cursor at a time
         self._buffer = _Buffer()
         self._data_ready = asyncio.Event()
         self._can_read = asyncio.Event()
@@ -227,19 +240,23 @@ class Firehose:
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         await self._publish_status()
-        log.info("stopped at cursor %s; %s", self._pusher.expected_cursor if self._pusher else None, self.counters)
+        log.info("stopped at cursor %s; %s", self._pushed_id(), self.counters)
 
     async def _start(self) -> bool:
-        """Creates the group and finds where to resume, waiting for Redis (and PostgreSQL) if needed;
-        False if asked to stop meanwhile."""
+        """Creates the group and finds where to resume, waiting for Redis and PostgreSQL if needed; False
+        if asked to stop meanwhile."""
         state = await self._stored_state()
         if state is None:
             return False
         saved, top = state
         self._pusher = stream.Pusher(self.async_client, expected_cursor=saved)
-        return await self._resume_position(saved=saved, top=top, initial=True)
+        try:
+            await self._resume_position(saved=saved, top=top, initial=True)
+        except _StoppedError:
+            return False
+        return True
 
-    async def _stored_state(self) -> tuple[int | None, int] | None:
+    async def _stored_state(self) -> tuple[stream.Position | None, stream.Position] | None:
         """Makes sure the group exists; returns firehose:cursor and the stream's top, waiting for Redis
         as long as it takes (None if asked to stop meanwhile)."""
         attempt = 0
@@ -255,37 +272,44 @@ class Firehose:
                 if await self._sleep_or_stop(delay):
                     return None
 
-    async def _resume_position(self, *, saved: int | None, top: int, initial: bool) -> bool:
-        """Sets where to read from: --cursor (at start only), else firehose:cursor, else the durable
-        cursor in PostgreSQL or the stream's top, whichever is higher. False if stopped meanwhile."""
+    async def _resume_position(self, *, saved: stream.Position | None, top: stream.Position,
+                               initial: bool) -> None:
+        """Sets the generation and where to read from. firehose:cursor when its generation is still this
+        relay's (Redis kept its data); else a new generation from the relay's durable cursor in PostgreSQL
+        (live without one). --cursor, at start only, overrides the seq. Raises _StoppedError if stopped
+        while waiting for PostgreSQL."""
+        durable, held = await self._database(cursor.read_durable_cursor, self.relay_host)
+        if saved is not None and held is not None and saved.generation == held:
+            self.generation = held
+            self._cursor, origin = saved.seq, "firehose:cursor in Redis"
+        else:
+            await self._new_generation(above=top.generation, restarted=False)
+            self._cursor = durable
+            origin = "durable cursor in PostgreSQL" if durable is not None else "nothing stored: live events only"
         if initial and self.config.cursor is not None:
             self._cursor, origin = self.config.cursor, "--cursor"
-        elif saved is not None:
-            self._cursor, origin = saved, "firehose:cursor in Redis"
-        else:
-            try:
-                durable = await self._durable_cursor()
-            except _StoppedError:
-                return False
-            if durable is None and top == 0:
-                self._cursor, origin = None, "nothing stored: live events only"
-            else:
-                self._cursor = max(durable or 0, top)
-                origin = "durable cursor in PostgreSQL" if (durable or 0) >= top else "stream's last entry"
-        self._floor = max(top, self._cursor or 0)
-        log.info("resuming from cursor %s (%s); stream top %s", self._cursor, origin, top)
-        return True
+        in_stream = top.seq if top.generation == self.generation else 0
+        self._floor = max(in_stream, self._cursor or 0)
+        log.info("resuming from cursor %s (%s) of relay %s in generation %d; stream top %s", self._cursor, origin,
+                 self.relay_host, self.generation, top.entry_id())
 
-    async def _durable_cursor(self) -> int | None:
+    async def _new_generation(self, *, above: int, restarted: bool) -> None:
+        """Claims a generation above every other one (and ``above``) for this relay's events from now on."""
+        self.generation = await self._database(_claim_new_generation, self.relay_host, above, restarted)
+        self._floor = 0
+        log.info("relay %s: new stream generation %d", self.relay_host, self.generation)
+
+    async def _database(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)`` in a thread, again while PostgreSQL is unavailable; raises _StoppedError if
+        stop() is called meanwhile."""
         attempt = 0
         while True:
             try:
-                return await asyncio.to_thread(_read_durable_cursor)
+                return await asyncio.to_thread(_closing_connection, call, *args)
             except db.Error as exc:
                 delay = self._backoff(attempt)
                 attempt += 1
-                log.warning("PostgreSQL unavailable while reading the durable cursor (%s): retrying in %.1fs",
-                            exc, delay)
+                log.warning("PostgreSQL unavailable for the durable cursor (%s): retrying in %.1fs", exc, delay)
                 if await self._sleep_or_stop(delay):
                     raise _StoppedError from None
 
@@ -301,12 +325,17 @@ class Firehose:
             if not first:
                 self.counters.reconnects += 1
             first = False
-            conn = _Connection(started=time.monotonic())
+            conn = _Connection(started=time.monotonic(), resumed_from=self._cursor)
             self._conn = conn
             reason = await self._connection(conn)
             self.connected = False
             if self._stopping.is_set():
                 return
+            if self._restarted_numbering is not None:
+                try:
+                    await self._follow_new_numbering()
+                except _StoppedError:
+                    return
             await self._publish_status()
             healthy = conn.accepted > 0 or time.monotonic() - conn.started >= self.config.healthy_seconds
             attempt = 0 if healthy else attempt + 1
@@ -314,6 +343,16 @@ class Firehose:
             log.warning("reconnecting to %s in %.2fs from cursor %s after: %s (reconnect #%d)",
                         self.config.relay_url, delay, self._cursor, reason, self.counters.reconnects + 1)
             await self._sleep_or_stop(delay)
+
+    async def _follow_new_numbering(self) -> None:
+        """The relay started its numbering over: its old seqs mean nothing now, so its events go on in a
+        new generation, read live, and its durable cursor starts again from zero."""
+        async with self._position_lock:
+            log.warning("relay %s restarted its numbering (%s): reading it live in a new stream generation; its "
+                        "durable cursor starts again from 0", self.relay_host, self._restarted_numbering)
+            self._restarted_numbering = None
+            await self._new_generation(above=self.generation, restarted=True)
+            self._cursor = None
 
     async def _connection(self, conn: _Connection) -> str:
         """One connection, from opening to the end; returns why it ended."""
@@ -393,6 +432,13 @@ class Firehose:
             self._rate_limited.warning("frame", "skipped a bad frame: %s", exc)
             return
         seq = event.seq
+        if conn.resumed_from is not None:
+            # Relays may send the cursor's own event again (indigo #837), never one below it.
+            if seq < conn.resumed_from:
+                self._restarted_numbering = f"its first event after cursor {conn.resumed_from} is seq {seq}"
+                self._drop_connection("the relay restarted its numbering")
+                return
+            conn.resumed_from = None
         if seq <= self._floor:
             counters.duplicates += 1
             return
@@ -403,7 +449,8 @@ class Firehose:
         if type(relay_time) is str and len(relay_time) <= 64:
             self.last_event_time = relay_time
         buffer = self._buffer
-        buffer.entries.append(stream.Entry(seq, event.type, event.did, data, int(time.time() * 1000)))
+        buffer.entries.append(stream.Entry(self.generation, seq, event.type, event.did, data,
+                                           int(time.time() * 1000)))
         buffer.size += len(data)
         if not self._data_ready.is_set():
             self._data_ready.set()
@@ -414,14 +461,12 @@ class Firehose:
         self.counters.error_frames += 1
         name = str(body.get("error"))[:100]
         message = str(body.get("message"))[:300]
-        if name == "FutureCursor":
-            # Keeping the cursor is what is safe: the relay is behind it (a lagging replica, or a relay
-            # that lost its sequence), so whatever it could send now is at or below what the stream holds
-            # and would be skipped. Going live without a cursor could skip the events the relay writes
-            # between this error and the new connection; with the cursor, reading resumes exactly when
-            # the relay passes it. A relay that restarted its sequence needs an operator (--cursor).
-            log.error("the relay says cursor %s is in the future (%s): retrying with the same cursor",
-                      self._cursor, message)
+        if name == "FutureCursor" and self._cursor is not None:
+            # The relay's numbering is below ours: it started over (rebuilt, or another relay behind the
+            # same host). Waiting for it to pass our cursor would stall and then skip its events.
+            self._restarted_numbering = f"FutureCursor for cursor {self._cursor}: {message}"
+        elif name == "FutureCursor":
+            log.error("the relay says it is in the future without a cursor (%s)", message)
         elif name == "ConsumerTooSlow":
             log.warning("the relay cut this consumer off as too slow (%s)", message)
         else:
@@ -516,13 +561,13 @@ class Firehose:
                 break
         return entries[:count]
 
-    async def _on_position_lost(self, found: int | None) -> None:
+    async def _on_position_lost(self, found: stream.Position | None) -> None:
         """firehose:cursor is not what this process wrote: Redis lost its data, a push went through but
         its answer was lost, or another process pushed. The buffer is dropped (the relay sends it again)
         and reading resumes from the position the stored state gives, as after a restart."""
         log.error("firehose:cursor is %s, not %s as last written (Redis lost its data, a push went through but "
                   "its answer was lost, or another run_firehose is pushing): resuming from the stored position",
-                  found, self._pusher.expected_cursor)  # type: ignore[union-attr]
+                  found.entry_id() if found else None, self._pushed_id())
         # No frame of the current connection is accepted from here on, and none is read until the new
         # position is known.
         self._resetting = True
@@ -531,11 +576,14 @@ class Firehose:
         self._buffer.entries.clear()
         self._buffer.size = 0
         try:
-            state = await self._stored_state()
-            if state is not None:
-                saved, top = state
-                self._pusher.expected_cursor = saved  # type: ignore[union-attr]
-                await self._resume_position(saved=saved, top=top, initial=False)
+            async with self._position_lock:
+                state = await self._stored_state()
+                if state is not None:
+                    saved, top = state
+                    self._pusher.expected_cursor = saved  # type: ignore[union-attr]
+                    await self._resume_position(saved=saved, top=top, initial=False)
+        except _StoppedError:
+            pass
         finally:
             self._resetting = False
             self._update_can_read()
@@ -610,14 +658,22 @@ class Firehose:
                  "reconnects %d, stream %d, buffered %d, paused %s, cursor %s",
                  rate, c.frames, c.pushed, c.pushed - last_pushed, c.duplicates, c.errors, c.error_frames,
                  c.reconnects, self.stream_length, len(self._buffer.entries), "yes" if self.paused else "no",
-                 self._pusher.expected_cursor if self._pusher else None)
+                 self._pushed_id())
+
+    def _pushed_id(self) -> str | None:
+        pushed = self._pusher.expected_cursor if self._pusher else None
+        return pushed.entry_id() if pushed else None
 
     def status_fields(self) -> dict[str, Any]:
         c = self.counters
+        pushed = self._pusher.expected_cursor if self._pusher else None
         return {
             "connected": self.connected,
             "url": self.config.relay_url,
-            "cursor": self._pusher.expected_cursor if self._pusher else None,
+            "relay": self.relay_host,
+            "generation": self.generation,
+            # The seq of the last event pushed from this relay's current numbering.
+            "cursor": pushed.seq if pushed and pushed.generation == self.generation else None,
             "reconnects": c.reconnects,
             "lastEventTime": self.last_event_time,
             "eventsReceived": c.events,
@@ -654,8 +710,20 @@ class Firehose:
         return self._stopping.is_set()
 
 
-def _read_durable_cursor() -> int | None:
+def _closing_connection(call: Callable[..., T], *args: Any) -> T:
     try:
-        return read_durable_cursor()
+        return call(*args)
     finally:
         db.connection.close()  # this runs in a pool thread: leave no connection behind in it
+
+
+def _claim_new_generation(host: str, above: int, restarted: bool) -> int:
+    """Claims for ``host`` a generation above every one PostgreSQL holds and above ``above`` (the stream's
+    own, which may hold entries of generations PostgreSQL no longer knows); ``restarted``: the relay's
+    numbering started over, so its durable cursor goes back to zero."""
+    with transaction.atomic():
+        generation = 1 + max(cursor.max_generation() or 0, above)
+        cursor.claim_generation(host, generation)
+        if restarted:
+            cursor.reset_durable_cursor(host)
+    return generation

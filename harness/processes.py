@@ -173,21 +173,23 @@ class Pipeline:
         self.services.append(service)
         return service
 
-    def relay(self, *args: str, timeout: float = 120) -> Service:
-        """Starts run_relay_sim and waits until it accepts connections (it encodes a bounded stream first)."""
-        relay = self.service("relay", "run_relay_sim", "--port", str(self.relay_port), *args).start()
+    def relay(self, *args: str, timeout: float = 120, name: str = "relay", port: int | None = None) -> Service:
+        """Starts run_relay_sim (on ``relay_port`` unless ``port`` says otherwise) and waits until it accepts
+        connections (it encodes a bounded stream first)."""
+        port = self.relay_port if port is None else port
+        relay = self.service(name, "run_relay_sim", "--port", str(port), *args).start()
 
         def listening() -> bool:
             if relay.died():
                 raise PipelineError(f"run_relay_sim exited:\n{log_tail(relay.log_path)}")
             with socket.socket() as sock:
-                return sock.connect_ex(("127.0.0.1", self.relay_port)) == 0
+                return sock.connect_ex(("127.0.0.1", port)) == 0
 
         wait_until(listening, timeout=timeout, interval=0.1, message="run_relay_sim to listen")
         return relay
 
-    def firehose(self, *args: str, name: str = "firehose") -> Service:
-        return self.service(name, "run_firehose", "--relay", self.relay_url, *args).start()
+    def firehose(self, *args: str, name: str = "firehose", relay_url: str | None = None) -> Service:
+        return self.service(name, "run_firehose", "--relay", relay_url or self.relay_url, *args).start()
 
     def worker(self, name: str, *args: str, env: dict[str, str] | None = None) -> Service:
         return self.service(name, "run_worker", "--consumer", name, *args, env=env).start()
@@ -214,10 +216,12 @@ class Pipeline:
                 f"{log_tail(service.log_path)}" for service in dead
             ))
 
-    def durable_cursor(self) -> int:
-        """The low-water mark the workers committed to PostgreSQL (0 before any)."""
+    def durable_cursor(self, relay_url: str | None = None) -> int:
+        """The low-water mark the workers committed to PostgreSQL for a relay (``relay_url``, by default
+        the pipeline's), 0 before any."""
+        host = cursor.relay_host(relay_url or self.relay_url)
         with connect(self.database_url) as conn:
-            row = conn.execute(f"SELECT seq FROM {cursor.TABLE} WHERE name = %s", [cursor.NAME]).fetchone()
+            row = conn.execute(f"SELECT seq FROM {cursor.TABLE} WHERE name = %s", [host]).fetchone()
         return int(row[0]) if row else 0
 
     def stream_state(self) -> dict[str, int]:

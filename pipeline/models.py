@@ -3,10 +3,13 @@ from django.db.models.functions import Now
 
 
 class IndexCursor(models.Model):
-    """The durable cursor: every event at or below ``seq`` has its effects committed here."""
+    """The durable cursor of one relay host: every event of that relay at or below ``seq`` has its effects
+    committed here. ``generation`` is the stream generation its events are pushed under now (NULL: none
+    yet, ``seq`` is where to resume that relay from)."""
 
-    name = models.TextField(primary_key=True)
+    name = models.TextField(primary_key=True)  # the relay's host[:port], lowercased
     seq = models.BigIntegerField(default=0)
+    generation = models.BigIntegerField(null=True, unique=True)
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:

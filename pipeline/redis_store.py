@@ -35,7 +35,8 @@ def firehose_status() -> str:
 
 
 def firehose_cursor() -> str:
-    """The seq of the last event run_firehose pushed; written in the same transaction as the push."""
+    """The ID ``<generation>-<seq>`` of the last entry run_firehose pushed; written in the same call as the
+    push."""
     return key("firehose:cursor")
 
 
@@ -62,6 +63,12 @@ def latency_histogram() -> str:
 def throughput_bucket(series: str, resolution: str, bucket: int) -> str:
     """Counter of events in one time bucket: series is received or indexed, resolution s or m."""
     return key(f"throughput:{series}:{resolution}:{bucket}")
+
+
+def backfill_progress() -> str:
+    """Hash: the figures of the latest ``manage.py backfill`` run (repositories done, failed, remaining; records,
+    records/s, ETA; ``state`` running, finished or stopped; ``updatedAt``), rewritten every second while it runs."""
+    return key("backfill:progress")
 
 
 def dashboard_broadcaster_lease() -> str:

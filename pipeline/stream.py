@@ -1,19 +1,36 @@
 """The Redis Stream ``firehose:events``: consumer group, push, cursor, low-water mark, trimming.
 
-Every entry carries the explicit ID ``<seq>-0`` (docs/ARCHITECTURE.md), so Redis itself refuses an
-entry whose seq is not above the stream's last ID: a relay that re-delivers or rewinds cannot put an
-event in the stream twice. The functions take a synchronous ``redis.Redis`` client (workers and
-run_firehose's housekeeping); ``Pusher``, on run_firehose's hot path, an asyncio one.
+Every entry carries the explicit ID ``<generation>-<seq>`` (docs/ARCHITECTURE.md): ``generation`` numbers
+one continuous numbering of one relay host, so Redis itself refuses an entry whose seq is not above the
+last one of its generation (a relay that re-delivers or rewinds cannot put an event in the stream twice),
+while a new generation takes every event of another relay, or of a relay whose numbering started over.
+Positions are ``Position(generation, seq)``, ordered as Redis orders the IDs. The functions take a
+synchronous ``redis.Redis`` client (workers and run_firehose's housekeeping); ``Pusher``, on
+run_firehose's hot path, an asyncio one.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
 
 from pipeline import redis_store, scripts
+from protocol.frames import MAX_SEQ
+
+
+class Position(NamedTuple):
+    """A stream entry ID: ``generation`` of the relay numbering, ``seq`` of the relay event."""
+
+    generation: int
+    seq: int
+
+    def entry_id(self) -> str:
+        return f"{self.generation}-{self.seq}"
+
+
+NO_POSITION = Position(0, 0)  # below every entry ID
 
 SECOND_BUCKET_TTL = 900
 MINUTE_BUCKET_TTL = 86_400
@@ -23,6 +40,7 @@ MINUTE_BUCKET_TTL = 86_400
 class Entry:
     """One relay event as it goes into the stream; ``frame`` holds the bytes exactly as received."""
 
+    generation: int
     seq: int
     type: str
     did: str
@@ -33,8 +51,8 @@ class Entry:
 @dataclass(frozen=True, slots=True)
 class PushResult:
     added: int
-    refused: int  # duplicates or rewinds: seq not above the stream's last ID
-    cursor: int | None  # firehose:cursor after the call
+    refused: int  # duplicates or rewinds: ID not above the stream's last ID
+    cursor: Position | None  # firehose:cursor after the call
     length: int  # XLEN after the call
     cursor_mismatch: bool  # nothing pushed: firehose:cursor was not the expected value
 
@@ -57,13 +75,23 @@ def our_group(groups: list[dict[Any, Any]]) -> dict[Any, Any] | None:
     return next((g for g in groups if _text(g.get("name") or "") == redis_store.CONSUMER_GROUP), None)
 
 
-def _seq_of_id(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).partition("-")[0])
+def entry_position(entry_id: bytes | str) -> Position:
+    """The two numbers of a stream entry ID, in the order Redis sorts them. A bare number is the first
+    (firehose:cursor before generations held the seq alone, for the ID ``<seq>-0``)."""
+    first, _, second = _text(entry_id).partition("-")
+    return Position(int(first), int(second or 0))
 
 
-def low_water_mark(client: redis.Redis) -> int | None:
-    """The highest seq at or below which every entry has been acknowledged by the consumer group, or
-    None when nothing is acknowledged yet (or the group does not exist).
+def _preceding(position: Position) -> Position:
+    """The highest position below ``position`` that an entry can have."""
+    if position.seq > 0:
+        return Position(position.generation, position.seq - 1)
+    return Position(position.generation - 1, MAX_SEQ)
+
+
+def low_water_mark(client: redis.Redis) -> Position | None:
+    """The highest position at or below which every entry has been acknowledged by the consumer group,
+    or None when nothing is acknowledged yet (or the group does not exist).
 
     Entries up to the group's last-delivered ID were delivered; those of them still pending are not
     acknowledged, so the mark is just below the oldest pending one. The XINFO GROUPS fields
@@ -82,10 +110,10 @@ def low_water_mark(client: redis.Redis) -> int | None:
     group = our_group(groups)
     if group is None:
         return None
-    mark = _seq_of_id(group["last-delivered-id"])
+    mark = entry_position(group["last-delivered-id"])
     if pending["pending"] and pending["min"] is not None:
-        mark = min(mark, _seq_of_id(pending["min"]) - 1)
-    return mark if mark > 0 else None
+        mark = min(mark, _preceding(entry_position(pending["min"])))
+    return mark if mark > NO_POSITION else None
 
 
 def trim_acknowledged(client: redis.Redis) -> int:
@@ -94,26 +122,28 @@ def trim_acknowledged(client: redis.Redis) -> int:
     mark = low_water_mark(client)
     if mark is None:
         return 0
-    return int(client.xtrim(redis_store.events_stream(), minid=f"{mark + 1}-0", approximate=False))
+    minid = Position(mark.generation, mark.seq + 1).entry_id()
+    return int(client.xtrim(redis_store.events_stream(), minid=minid, approximate=False))
 
 
 def stream_length(client: redis.Redis) -> int:
     return int(client.xlen(redis_store.events_stream()))
 
 
-def stream_top(client: redis.Redis) -> int:
-    """The seq of the last entry ever added to the stream (trimming does not lower it), 0 if none."""
+def stream_top(client: redis.Redis) -> Position:
+    """The position of the last entry ever added to the stream (trimming does not lower it),
+    ``NO_POSITION`` if none."""
     try:
         info = client.xinfo_stream(redis_store.events_stream())
     except redis.ResponseError:
-        return 0  # no such stream
-    return _seq_of_id(info["last-generated-id"])
+        return NO_POSITION  # no such stream
+    return entry_position(info["last-generated-id"])
 
 
-def read_cursor(client: redis.Redis) -> int | None:
-    """The seq of the last event pushed (firehose:cursor), or None when Redis does not hold one."""
+def read_cursor(client: redis.Redis) -> Position | None:
+    """The position of the last event pushed (firehose:cursor), or None when Redis does not hold one."""
     value = client.get(redis_store.firehose_cursor())
-    return int(value) if value is not None else None
+    return entry_position(value) if value is not None else None
 
 
 class Pusher:
@@ -125,14 +155,14 @@ class Pusher:
     into one buffer for the same reason.
     """
 
-    def __init__(self, client: redis.asyncio.Redis, *, expected_cursor: int | None) -> None:
+    def __init__(self, client: redis.asyncio.Redis, *, expected_cursor: Position | None) -> None:
         self._pool = client.connection_pool
         self._client = client
         self.expected_cursor = expected_cursor
 
     async def push(self, entries: Sequence[Entry], *, now: float) -> PushResult:
-        """Pushes ``entries`` (in ascending seq order) at time ``now`` (seconds since the epoch, for the
-        throughput buckets). A Redis error propagates, and then nothing of the batch was pushed."""
+        """Pushes ``entries`` (in ascending position order) at time ``now`` (seconds since the epoch, for
+        the throughput buckets). A Redis error propagates, and then nothing of the batch was pushed."""
         payload = self._pack(entries, now)
         try:
             reply = await self._call(payload)
@@ -140,11 +170,11 @@ class Pusher:
             await self._client.script_load(scripts.PUSH.source)
             reply = await self._call(payload)
         added, refused, cursor, length = reply
-        cursor_seq = int(cursor) if cursor else None
+        position = entry_position(cursor) if cursor else None
         if added == -1:
-            return PushResult(added=0, refused=0, cursor=cursor_seq, length=int(length), cursor_mismatch=True)
-        self.expected_cursor = cursor_seq
-        return PushResult(added=int(added), refused=int(refused), cursor=cursor_seq, length=int(length),
+            return PushResult(added=0, refused=0, cursor=position, length=int(length), cursor_mismatch=True)
+        self.expected_cursor = position
+        return PushResult(added=int(added), refused=int(refused), cursor=position, length=int(length),
                           cursor_mismatch=False)
 
     async def _call(self, payload: bytes) -> list[Any]:
@@ -166,20 +196,25 @@ class Pusher:
             redis_store.firehose_cursor().encode(),
             redis_store.throughput_bucket("received", "s", second).encode(),
             redis_store.throughput_bucket("received", "m", second // 60).encode(),
-            b"" if self.expected_cursor is None else b"%d" % self.expected_cursor,
+            b"" if self.expected_cursor is None else self.expected_cursor.entry_id().encode(),
             b"%d" % SECOND_BUCKET_TTL,
             b"%d" % MINUTE_BUCKET_TTL,
         ]
         parts = [b"*%d\r\n" % (len(head) + 6 * len(entries))]
         parts += (b"$%d\r\n%b\r\n" % (len(arg), arg) for arg in head)
         append = parts.append
+        generation, id_prefix = -1, b""
         for entry in entries:
+            if entry.generation != generation:  # a batch rarely holds more than one: format it once
+                generation = entry.generation
+                id_prefix = b"%d-" % generation
             seq = b"%d" % entry.seq
             kind = entry.type.encode()
             did = entry.did.encode()
             received_at = b"%d" % entry.received_at
-            append(b"$%d\r\n%b-0\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n"
-                   % (len(seq) + 2, seq, len(seq), seq, len(kind), kind, len(did), did, len(entry.frame)))
+            append(b"$%d\r\n%b%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n"
+                   % (len(id_prefix) + len(seq), id_prefix, seq, len(seq), seq, len(kind), kind, len(did), did,
+                      len(entry.frame)))
             append(entry.frame)
             append(b"\r\n$%d\r\n%b\r\n" % (len(received_at), received_at))
         return b"".join(parts)

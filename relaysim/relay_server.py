@@ -17,6 +17,8 @@
   from under it gets ConsumerTooSlow.
 - ``Faults`` inject the failures consumers must survive; counts are of events first delivered on the
   connection (bad frames and re-sent frames are not counted).
+- ``seq_offset`` renumbers the source's events (seq + offset): two relays fed the same events, one with an
+  offset, are the same network seen through two relays (a relay switch).
 - Any other path answers HTTP 404.
 """
 
@@ -37,7 +39,7 @@ from websockets.http11 import Request, Response
 
 from protocol.frames import OP_ERROR
 from protocol.testing import encode_frame
-from relaysim.simulation import MALFORMED_KINDS, malformed_frame
+from relaysim.simulation import MALFORMED_KINDS, malformed_frame, renumbered
 
 logger = logging.getLogger("relaysim")
 
@@ -75,6 +77,8 @@ class RelayOptions:
     log_interval: float = 5.0
     # Events encoded ahead of their emission; 0 when they carry the wall-clock time they are sent at.
     prefetch_events: int = PREFETCH_EVENTS
+    # Added to every event's seq: a second relay serving the same events under its own numbering.
+    seq_offset: int = 0
 
 
 def error_frame(name: str, message: str) -> bytes:
@@ -193,7 +197,11 @@ class RelaySimulator:
 
     def _encode_ahead(self, count: int) -> int:
         produced = 0
+        offset = self.options.seq_offset
         for entry in self._source:
+            seq = entry[0]
+            if offset and seq is not None:
+                entry = (seq + offset, renumbered(entry[1], seq + offset))
             self._pending.append(entry)
             self._pending_bytes += len(entry[1])
             produced += 1

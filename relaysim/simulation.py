@@ -30,6 +30,10 @@ Plain Python API, usable without a server (tests, worker benchmarks)::
   or of a recording (any other extension), as ``ReplayFrame(seq, frame)``.
 - ``malformed_frame(kind, seq=..., frame=..., rng=...)``: the bad frames of the fault injection, one per
   name in ``MALFORMED_KINDS``.
+- ``renumbered(frame, seq)``: the same event under another seq, as a second relay sends it.
+
+The commits here are fake (a random MST root and signature): cheap, for load. ``relaysim.signed.SignedFirehose``
+is the same stream with real, signed repositories that an indexer can verify and resync.
 """
 
 import base64
@@ -77,8 +81,8 @@ _S32_PAIRS = [_S32[i >> 5] + _S32[i & 31] for i in range(1024)]
 _RAW_CODEC = 0x55
 
 _COMMIT = {"op": 1, "t": "#commit"}
-_COMMIT_HEADER = libipld.encode_dag_cbor(_COMMIT)
-_SYNC = {"op": 1, "t": "#sync"}
+COMMIT_HEADER = libipld.encode_dag_cbor(_COMMIT)
+SYNC_HEADER = {"op": 1, "t": "#sync"}
 _IDENTITY = {"op": 1, "t": "#identity"}
 _ACCOUNT = {"op": 1, "t": "#account"}
 
@@ -233,7 +237,7 @@ def post_template(rng: random.Random, dids: Sequence[str], handles: Sequence[str
 
 
 @dataclass(frozen=True, slots=True)
-class _Post:
+class PostRef:
     uri: str
     cid: str
     root_uri: str
@@ -269,7 +273,7 @@ class SyntheticFirehose:
         self._actor_of: dict[str, int] = {}
         self._inactive: list[int] = []
         self._profiled: list[int] = []  # actors that created a profile (possibly since replaced: check)
-        self._posts: list[_Post] = []
+        self._posts: list[PostRef] = []
         self._post_next = 0
         self._deletable: list[tuple[str, str, str]] = []  # (did, collection, rkey)
         for index in range(actors):
@@ -316,8 +320,11 @@ class SyntheticFirehose:
         self._advance_clock()
         seq = self._next_seq
         self._next_seq += 1
+        return seq, self._event(seq)
+
+    def _event(self, seq: int) -> bytes:
         kind = self._kinds[bisect.bisect_right(self._cumulative, self._rng.random() * self._cumulative[-1])]
-        return seq, self._makers[kind](seq)
+        return self._makers[kind](seq)
 
     def _advance_clock(self) -> None:
         if self._wall_clock:
@@ -372,11 +379,11 @@ class SyntheticFirehose:
             index = (index + 1) % count
         return self._dids[index]
 
-    def _pick_post(self) -> _Post:
+    def _pick_post(self) -> PostRef:
         posts = self._posts
         return posts[(self._post_next - 1 - int(len(posts) * self._rng.random() ** 2)) % len(posts)]
 
-    def _remember_post(self, post: _Post) -> None:
+    def _remember_post(self, post: PostRef) -> None:
         if len(self._posts) < POST_POOL:
             self._posts.append(post)
             self._post_next = len(self._posts) % POST_POOL
@@ -395,7 +402,7 @@ class SyntheticFirehose:
         rkey = tid(EPOCH_US - int(self._rng.random() * 86_400_000_000 * 30), actor)
         uri = f"at://{self._dids[actor]}/app.bsky.feed.post/{rkey}"
         cid = libipld.encode_cid(DAG_CBOR_CID_PREFIX + self._rng.randbytes(32))
-        self._remember_post(_Post(uri, cid, uri, cid))
+        self._remember_post(PostRef(uri, cid, uri, cid))
 
     def _template(self) -> PostTemplate:
         return post_template(self._rng, self._dids, self._handles)
@@ -446,7 +453,7 @@ class SyntheticFirehose:
         self._revs[actor] = rev
         self._data[actor] = data
         # Same bytes as encode_frame(_COMMIT, body), without re-encoding the constant header.
-        return _COMMIT_HEADER + libipld.encode_dag_cbor(body)
+        return COMMIT_HEADER + libipld.encode_dag_cbor(body)
 
     def _create(self, actor: int, collection: str, record: dict[str, Any], rkey: str | None = None) -> tuple[Any, ...]:
         rkey = rkey or self._rkey()
@@ -514,7 +521,7 @@ class SyntheticFirehose:
         op = self._create(actor, "app.bsky.feed.post", record, rkey)
         uri = f"at://{self._dids[actor]}/app.bsky.feed.post/{rkey}"
         cid = libipld.encode_cid(op[3])
-        self._remember_post(_Post(uri, cid, root_uri or uri, root_cid or cid))
+        self._remember_post(PostRef(uri, cid, root_uri or uri, root_cid or cid))
         self._last_post[actor] = (rkey, uri)
         return op
 
@@ -708,7 +715,8 @@ class SyntheticFirehose:
     def _identity(self, seq: int) -> bytes:
         actor = self._pick_actor()
         handle = self._new_handle()
-        self._handles[actor] = handle
+        previous, self._handles[actor] = self._handles[actor], handle
+        self._handle_changed(actor, previous)
         return encode_frame(_IDENTITY, {"seq": seq, "did": self._dids[actor], "time": self._time, "handle": handle})
 
     def _account(self, seq: int) -> bytes:
@@ -716,12 +724,14 @@ class SyntheticFirehose:
         if choice < 0.65:
             actor = self._inactive.pop() if self._inactive else self._pick_actor()
             self._active[actor] = True
+            self._status_changed(actor, None)
             return encode_frame(_ACCOUNT, {"seq": seq, "did": self._dids[actor], "time": self._time, "active": True})
         status = next(name for limit, name in _ACCOUNT_STATUSES if choice < limit)
         actor = self._pick_actor()
         did = self._dids[actor]
         if status == "deleted":
             # The account is gone for good: its slot goes to a new account.
+            self._account_deleted(actor)
             del self._actor_of[did]
             self._lists.pop(actor, None)
             self._last_post.pop(actor, None)
@@ -730,7 +740,19 @@ class SyntheticFirehose:
         else:
             self._active[actor] = False
             self._inactive.append(actor)
+            self._status_changed(actor, status)
         return encode_frame(_ACCOUNT, {"seq": seq, "did": did, "time": self._time, "active": False, "status": status})
+
+    # Where a subclass keeping real accounts follows the changes of the stream (SignedFirehose).
+
+    def _handle_changed(self, actor: int, previous: str) -> None:
+        """``previous``: the handle the new one replaced."""
+
+    def _status_changed(self, actor: int, status: str | None) -> None:
+        """``status`` None: active again."""
+
+    def _account_deleted(self, actor: int) -> None:
+        """Called before the actor's slot goes to a new account."""
 
     def _sync(self, seq: int) -> bytes:
         rng = self._rng
@@ -745,7 +767,7 @@ class SyntheticFirehose:
         self._data[actor] = data
         commit_cid = cid_for_block(commit_block)
         blocks = car_of_cids([commit_cid], [(commit_cid, commit_block)])
-        return encode_frame(_SYNC, {"seq": seq, "did": did, "blocks": blocks, "rev": rev, "time": self._time})
+        return encode_frame(SYNC_HEADER, {"seq": seq, "did": did, "blocks": blocks, "rev": rev, "time": self._time})
 
 
 # -- recordings and replays ---------------------------------------------------------------------------
@@ -803,6 +825,20 @@ def _seq_of(frame: bytes) -> int | None:
     except FrameError:
         return None
     return seq if type(seq) is int else None
+
+
+def renumbered(frame: bytes, seq: int) -> bytes:
+    """The same event with another seq, as a second relay numbers it; a frame that is not an event (bad frames
+    of the fault injection, errors) stays as it is."""
+    try:
+        parts = libipld.decode_dag_cbor_multi(frame)
+    except (ValueError, RecursionError, OverflowError):
+        return frame
+    if len(parts) != 2 or not isinstance(parts[1], dict) or type(parts[1].get("seq")) is not int:
+        return frame
+    header, body = parts
+    body["seq"] = seq
+    return encode_frame(header, body)
 
 
 # -- bad frames for fault injection -------------------------------------------------------------------

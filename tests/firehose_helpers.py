@@ -13,7 +13,7 @@ from django.conf import settings
 
 from firehose.client import Firehose, FirehoseConfig
 from harness.processes import PipelineError, Service, log_tail, wait_until
-from pipeline import redis_store, status
+from pipeline import redis_store, status, stream
 from protocol.frames import FrameError, decode_frame, event_of
 from tests.conftest import SCENARIOS, fixture_files
 
@@ -88,9 +88,13 @@ def stream_frames(client: redis.Redis) -> list[tuple[int, bytes]]:
     result = []
     for entry_id, fields in client.xrange(redis_store.events_stream()):
         seq = int(fields[b"seq"])
-        assert entry_id == f"{seq}-0".encode()
+        assert stream.entry_position(entry_id).seq == seq
         result.append((seq, fields[b"frame"]))
     return result
+
+
+def stream_positions(client: redis.Redis) -> list[stream.Position]:
+    return [stream.entry_position(entry_id) for entry_id, _ in client.xrange(redis_store.events_stream())]
 
 
 def stream_seqs(client: redis.Redis) -> list[int]:
@@ -102,8 +106,9 @@ def stream_length(client: redis.Redis) -> int:
 
 
 def cursor(client: redis.Redis) -> int | None:
-    value = client.get(redis_store.firehose_cursor())
-    return int(value) if value is not None else None
+    """The seq of firehose:cursor (the last entry pushed)."""
+    position = stream.read_cursor(client)
+    return position.seq if position is not None else None
 
 
 def read_status(client: redis.Redis) -> dict[str, object]:

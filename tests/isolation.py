@@ -14,3 +14,7 @@ os.environ["DB_CONN_MAX_AGE"] = "0"
 # one, which the subprocesses the tests start inherit.
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Tests reach only servers they start: DIDs resolve against a closed local port unless a test starts a PLC, and
+# commits are not verified unless a test asks (the synthetic commits of most tests carry no signature).
+os.environ.setdefault("PLC_URL", "http://127.0.0.1:9")
+os.environ.setdefault("VERIFY_COMMITS", "0")

@@ -6,7 +6,7 @@ from django.db import models
 from django.test import Client
 from django.urls import reverse
 
-from appview.models import RECORD_MODELS, Actor, GenericRecord, Post, RecordTombstone
+from appview.models import RECORD_MODELS, Actor, BackfillRepo, GenericRecord, Post, RecordTombstone
 from pipeline.models import IndexCursor
 
 DID = "did:plc:ewvi7nxzyoun6zhxrhs64oiz"
@@ -19,8 +19,11 @@ def sample_row(model: type[models.Model]) -> models.Model:
         return Actor.objects.create(did=DID, handle="alice.test", display_name="Alice")
     if model is IndexCursor:
         return IndexCursor.objects.create(name="firehose", seq=31_000_000_000)
+    if model is BackfillRepo:
+        return BackfillRepo.objects.create(did=DID, state="failed", error="fetch-unavailable: HTTP 503", tries=2)
     if model is RecordTombstone:
-        return RecordTombstone.objects.create(uri=f"at://{DID}/app.bsky.feed.like/3deleted", did=DID, seq=7)
+        return RecordTombstone.objects.create(uri=f"at://{DID}/app.bsky.feed.like/3deleted", did=DID,
+                                              rev="3lmxjza3h2i27")
     collection = getattr(model, "collection", "com.example.thing") if model is not GenericRecord else "com.example.x"
     values: dict[str, Any] = {
         "uri": f"at://{DID}/{collection}/3kabc",

@@ -51,7 +51,7 @@ CHANGELIST_QUERIES = [
     # declared filters given values of the wrong type or out of range
     "indexed_at__gte=abc", "indexed_at__gte=" + q("99999999-01-01"), "indexed_at__lt=%ff%fe", "indexed_at__isnull=x",
     "indexed_at__gte=" + q("2024-01-01 00:00:00+99:00"), "status__exact=bogus", "status__isnull=%ff",
-    "needs_resync__exact=abc", "first_seen_at__gte=" + q("2024-13-45"), "deleted_at__gte=-1", "is_staff__exact=2",
+    "sync_status__exact=abc", "first_seen_at__gte=" + q("2024-13-45"), "deleted_at__gte=-1", "is_staff__exact=2",
     "groups__id__exact=abc", "groups__id__exact=99999999999999999999", "collection=" + LONG, "did=" + LONG,
     "did=%ff%fe", "did=" + q("' OR 1=1 --"), "collection=" + q("'; DROP TABLE appview_post; --"),
     # the search
@@ -263,7 +263,7 @@ def test_it_answers_400_to_a_value_the_database_refuses(caplog: pytest.LogCaptur
 @pytest.mark.parametrize(
     ("model", "query"),
     [(Post, f"did={q(DID)}"), (Post, "indexed_at__gte=" + q("2020-01-01 00:00:00+00:00")),
-     (Actor, "status__exact=active"), (Actor, "needs_resync__exact=0"), (GenericRecord, "collection=com.example.x"),
+     (Actor, "status__exact=active"), (Actor, "sync_status__exact=active"), (GenericRecord, "collection=com.example.x"),
      (User, "is_staff__exact=1"),
      (Actor, "first_seen_at__gte=2020-01-01%2000:00Z&first_seen_at__lt=2100-01-01%2000:00Z")],
 )

@@ -5,13 +5,17 @@ import time
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
+from django.utils import timezone
 
+from appview.models import Actor
+from dashboard.selectors import REPO_SYNC_CACHE_KEY
 from pipeline import redis_store
 
 SNAPSHOT_KEYS = {
     "eventsProcessed", "eventCounts", "errors", "errorRate", "firehoseStatus", "queue", "workers", "records",
-    "databaseAvailable", "throughput", "lastUpdate",
+    "databaseAvailable", "sync", "backfill", "throughput", "lastUpdate",
 }
 
 pytestmark = pytest.mark.django_db
@@ -41,7 +45,7 @@ def test_it_reports_what_the_pipeline_wrote(client: Client) -> None:
     redis.set(redis_store.firehose_status(), json.dumps({
         "connected": True, "url": "ws://127.0.0.1:5010", "currentCursor": "123", "reconnects": 1,
     }), ex=10)
-    redis.xadd(redis_store.events_stream(), {"seq": 123}, id="123-0")
+    redis.xadd(redis_store.events_stream(), {"seq": 123}, id="1-123")
     redis.hset(redis_store.cluster_workers(), "w1", json.dumps({
         "name": "w1", "processed": 10, "errors": 1, "batchLatencyMs": 3.5, "heartbeat": now,
     }))
@@ -127,3 +131,16 @@ def test_it_hides_worker_hosts_and_pids_when_dashboard_show_hosts_is_off(client:
     [worker] = response.json()["workers"]
     assert worker["host"] is None and worker["pid"] is None and worker["processed"] == 3
     assert worker["name"].startswith("worker-")
+
+
+def test_it_shows_repositories_out_of_sync_and_commits_refused_by_reason(client: Client) -> None:
+    Actor.objects.create(did="did:plc:resyncme", sync_status="desynchronized", resync_after=timezone.now())
+    Actor.objects.create(did="did:plc:failedone", sync_status="error", resync_after=timezone.now())
+    redis_store.connect().hset(redis_store.cluster_metrics(), mapping={
+        "errors": 3, "errors:bad-signature": 2, "errors:missing-block": 1, "resyncs": 5, "resyncFailures": 1})
+
+    cache.delete(REPO_SYNC_CACHE_KEY)  # the counts of a snapshot built by an earlier test
+    sync = client.get("/api/metrics").json()["sync"]
+
+    assert sync == {"repos": {"desynchronized": 1, "resyncing": 0, "error": 1, "queued": 2}, "resyncs": 5,
+                    "resyncFailures": 1, "commitsRefused": {"bad-signature": 2, "missing-block": 1}}

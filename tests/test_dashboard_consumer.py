@@ -21,7 +21,7 @@ from pipeline import redis_store
 LOCAL = [(b"origin", b"http://127.0.0.1:5002"), (b"host", b"127.0.0.1:5002")]
 SNAPSHOT_KEYS = {
     "eventsProcessed", "eventCounts", "errors", "errorRate", "firehoseStatus", "queue", "workers", "records",
-    "databaseAvailable", "throughput", "lastUpdate",
+    "databaseAvailable", "sync", "backfill", "throughput", "lastUpdate",
 }
 # Every message after the first: the history replaced by its newest points.
 UPDATE_KEYS = SNAPSHOT_KEYS - {"throughput"} | {"throughputUpdate"}

@@ -103,7 +103,7 @@ def test_it_measures_the_queue_from_the_stream_and_its_consumer_group() -> None:
     client = redis_store.connect()
     stream = redis_store.events_stream()
     for seq in range(1, 11):
-        client.xadd(stream, {"seq": seq, "t": "#commit"}, id=f"{seq}-0")
+        client.xadd(stream, {"seq": seq, "t": "#commit"}, id=f"1-{seq}")
     client.xgroup_create(stream, redis_store.CONSUMER_GROUP, id="0")
     # A worker took 4 entries and acknowledged 1: 3 pending, 6 never delivered.
     taken = client.xreadgroup(redis_store.CONSUMER_GROUP, "w1", {stream: ">"}, count=4)
@@ -123,7 +123,7 @@ def test_it_measures_the_queue_from_the_stream_and_its_consumer_group() -> None:
 def test_it_says_the_queue_is_not_draining_when_nothing_is_indexed() -> None:
     client = redis_store.connect()
     for seq in range(1, 6):
-        client.xadd(redis_store.events_stream(), {"seq": seq}, id=f"{seq}-0")
+        client.xadd(redis_store.events_stream(), {"seq": seq}, id=f"1-{seq}")
 
     queue = selectors.build_snapshot(now=NOW)["queue"]
 

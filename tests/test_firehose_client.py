@@ -10,8 +10,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from firehose.client import Firehose, FirehoseConfig, RelayUrlError, backoff_delay, relay_base_url, subscribe_url
 from pipeline import redis_store
+from pipeline.models import IndexCursor
 from protocol.testing import encode_frame
-from tests.firehose_helpers import config, stream_seqs
+from tests.firehose_helpers import config, stream_positions, stream_seqs
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,6 +77,8 @@ async def until(condition: Callable[[], bool], task: Awaitable[None]) -> None:
     raise AssertionError("timed out")
 
 
+# The firehose loop claims a stream generation for the relay in PostgreSQL.
+@pytest.mark.django_db(transaction=True)
 def test_it_counts_and_skips_what_is_not_a_repo_event() -> None:
     script: Script = [[
         identity(1),
@@ -94,22 +97,42 @@ def test_it_counts_and_skips_what_is_not_a_repo_event() -> None:
 
 
 @pytest.mark.django_db(transaction=True)  # no cursor anywhere: it looks for the durable one, finds none
-def test_it_reconnects_from_the_last_event_after_error_frames_and_keeps_a_cursor_in_the_future() -> None:
+def test_it_reconnects_from_the_last_event_after_error_frames() -> None:
     script: Script = [
         [identity(10), identity(11)],  # then the connection closes
-        [error("FutureCursor")],
         [error("InternalError")],
         [identity(11), identity(12), error("ConsumerTooSlow")],
         [info("OutdatedCursor"), identity(13)],
     ]
     firehose, paths = run_against(script, lambda url: config(url, cursor=None),
                                   lambda f: f.counters.pushed == 4)
-    assert stream_seqs(redis_store.connect()) == [10, 11, 12, 13]
-    cursors = [path.partition("?")[2] for path in paths[:5]]
-    assert cursors == ["", "cursor=11", "cursor=11", "cursor=11", "cursor=12"]
-    assert firehose.counters.error_frames == 3
-    assert firehose.counters.duplicates == 1  # 11 again, as relays do (indigo #837)
+    assert stream_positions(redis_store.connect()) == [(1, 10), (1, 11), (1, 12), (1, 13)]
+    cursors = [path.partition("?")[2] for path in paths[:4]]
+    assert cursors == ["", "cursor=11", "cursor=11", "cursor=12"]
+    assert firehose.counters.error_frames == 2
+    # 11 again first after cursor=11, as relays do (indigo #837): a duplicate, not a restarted numbering.
+    assert firehose.counters.duplicates == 1
     assert firehose.counters.infos == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("restart", [
+    [error("FutureCursor")],  # the relay's numbering is below our cursor
+    [identity(3), identity(4)],  # the relay ignores our cursor and sends its own, lower numbering
+])
+def test_it_reads_a_relay_whose_numbering_restarted_live_in_a_new_generation(restart: list[bytes | str]) -> None:
+    script: Script = [
+        [identity(10), identity(11)],
+        restart,
+        [identity(3), identity(4), identity(5)],
+    ]
+    firehose, paths = run_against(script, lambda url: config(url, cursor=None),
+                                  lambda f: f.counters.pushed == 5)
+    assert [path.partition("?")[2] for path in paths[:3]] == ["", "cursor=11", ""]
+    assert stream_positions(redis_store.connect()) == [(1, 10), (1, 11), (2, 3), (2, 4), (2, 5)]
+    # The relay's cursor went back to zero with the new generation (no worker ran to move it since).
+    row = IndexCursor.objects.get(name=firehose.relay_host)
+    assert (row.generation, row.seq) == (2, 0)
 
 
 @pytest.mark.parametrize(("given", "expected"), [

@@ -12,8 +12,19 @@ from django.conf import settings
 from harness.processes import Service
 from harness.servers import free_port
 from pipeline import redis_store
+from pipeline.models import IndexCursor
 from relaysim.simulation import SyntheticFirehose
-from tests.firehose_helpers import config, cursor, run_in_process, serving, stream_frames, wait_listening
+from tests.firehose_helpers import (
+    config,
+    cursor,
+    run_in_process,
+    serving,
+    stream_frames,
+    stream_positions,
+    wait_listening,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the firehose claims a stream generation for each relay
 
 SEED = 11
 START = 5_000_000_000  # above 2^32
@@ -116,19 +127,23 @@ def test_it_survives_every_fault_at_once(relays: dict[str, str], expected: list[
 
 
 @pytest.mark.timeout(60)
-def test_it_waits_for_the_relay_to_reach_a_cursor_in_the_future(tmp_path: Path,
-                                                                expected: list[tuple[int, bytes]]) -> None:
-    # The relay's head moves 400 events per second from its start: START + 499 is ahead for a second.
+def test_it_takes_a_cursor_in_the_future_for_a_restarted_numbering_and_reads_on_live(
+        tmp_path: Path, expected: list[tuple[int, bytes]]) -> None:
+    # A relay numbered far below the cursor, as a rebuilt relay is: waiting for it would stall for ever.
     relay = Service("future", ["run_relay_sim", "--port", str(free_port()), "--seed", str(SEED), "--start-seq",
                                str(START), "--start-immediately", "--rate", "400", "--events", "1000"],
                     {**os.environ, "PYTHONUNBUFFERED": "1"}, tmp_path / "relay.log").start()
     try:
         url = wait_listening(relay)
-        firehose = run_in_process(config(url, cursor=START + 499), lambda: reached(START + 999), timeout=30)
+        firehose = run_in_process(config(url, cursor=START + 10**9), lambda: reached(START + 999), timeout=30)
     finally:
         relay.terminate(timeout=10)
-    assert stream_frames(redis_store.connect()) == expected[500:1000]
-    assert firehose.counters.error_frames >= 1
+    frames = stream_frames(redis_store.connect())
+    assert frames and frames == expected[1000 - len(frames):1000]  # live from where the relay was, no gap
+    # Generation 1 was claimed at the start for the cursor given; the restart claimed 2 for what followed.
+    assert {generation for generation, _ in stream_positions(redis_store.connect())} == {2}
+    assert IndexCursor.objects.get(name=firehose.relay_host).generation == 2
+    assert firehose.counters.error_frames == 1
 
 
 @pytest.mark.timeout(60)

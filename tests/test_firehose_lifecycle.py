@@ -14,12 +14,16 @@ from django.db import connection
 from harness.processes import Pipeline, log_tail, wait_until
 from harness.servers import throwaway_redis
 from pipeline import redis_store
+from pipeline.cursor import relay_host
 from pipeline.models import IndexCursor
 from protocol.frames import decode_frame
 from relaysim.simulation import SyntheticFirehose
 from tests.firehose_helpers import cursor, read_status, stream_frames, stream_length, stream_seqs, wait_listening
 
 START = 2**32 + 1000  # seqs beyond 32 bits
+
+# run_firehose claims a stream generation for its relay in the test database.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def database_url() -> str:
@@ -65,6 +69,7 @@ def test_it_keeps_its_status_fresh_and_it_expires_when_the_process_is_killed(pip
                        timeout=6, interval=0.1, message=lambda: f"the cursor in {status_of(pipeline)}")
     assert first["connected"] is True
     assert first["url"] == pipeline.relay_url
+    assert (first["relay"], first["generation"]) == (f"127.0.0.1:{pipeline.relay_port}", 1)
     assert first["eventsReceived"] == 50 and first["errors"] == 0 and first["paused"] is False
     last_frame = list(SyntheticFirehose(seed=5, start_seq=START).frames(50))[-1][1]
     assert first["lastEventTime"] == decode_frame(last_frame).body["time"]  # the relay's time of the last event
@@ -130,13 +135,13 @@ def test_it_pushes_nothing_twice_after_kill_9(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.django_db(transaction=True)
 def test_it_resumes_from_the_postgresql_cursor_when_redis_lost_its_data(pipeline: Pipeline) -> None:
     relay(pipeline, "--rate", "0", "--events", "1000")
     firehose(pipeline, "--cursor", "0")
     wait_cursor(pipeline, START + 999)
     assert pipeline.services[1].terminate(timeout=15) == 0
-    IndexCursor.objects.create(name="firehose", seq=START + 599)  # what the workers committed
+    # What the workers committed.
+    IndexCursor.objects.filter(name=relay_host(pipeline.relay_url)).update(seq=START + 599)
     connection.close()
     client = pipeline.redis()
     client.delete(*client.scan_iter(match=settings.REDIS_KEY_PREFIX + "*"))
@@ -148,13 +153,12 @@ def test_it_resumes_from_the_postgresql_cursor_when_redis_lost_its_data(pipeline
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.django_db(transaction=True)
 def test_it_notices_that_redis_lost_its_data_while_it_runs(pipeline: Pipeline) -> None:
     relay(pipeline, "--rate", "1000", "--events", "3000")
     firehose(pipeline, "--cursor", "0")
     client = pipeline.redis()
     wait_until(lambda: stream_length(client) >= 800, timeout=30, message=lambda: logs(pipeline))
-    IndexCursor.objects.create(name="firehose", seq=START + 299)
+    IndexCursor.objects.filter(name=relay_host(pipeline.relay_url)).update(seq=START + 299)
     connection.close()
     client.delete(*client.scan_iter(match=settings.REDIS_KEY_PREFIX + "*"))
 

@@ -15,6 +15,7 @@ from relaysim.simulation import load_replay
 from tests.firehose_helpers import (
     accepted_events,
     config,
+    cursor,
     run_in_process,
     scenario_paths,
     serving,
@@ -46,6 +47,7 @@ def test_the_fixture_scenarios_are_there() -> None:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.django_db(transaction=True)  # the firehose claims a stream generation for the relay
 @pytest.mark.parametrize("path", SCENARIOS, ids=[path.stem for path in SCENARIOS])
 def test_it_puts_each_scenario_event_in_the_stream_once_and_in_order(path: Path, relays: dict[str, str]) -> None:
     expected = accepted_events([frame.frame for frame in load_replay(path)])
@@ -53,7 +55,7 @@ def test_it_puts_each_scenario_event_in_the_stream_once_and_in_order(path: Path,
     client = redis_store.connect()
 
     firehose = run_in_process(config(relays[path.stem]),
-                              lambda: client.get(redis_store.firehose_cursor()) == str(expected[-1][0]).encode(),
+                              lambda: cursor(client) == expected[-1][0],
                               timeout=30)
 
     assert stream_frames(client) == expected

@@ -10,6 +10,7 @@ from appview.indexing import services
 from appview.models import RECORD_MODELS, RowCountDelta
 from harness.events import DID, commit_frame, push
 from pipeline import redis_store
+from pipeline.cursor import claim_generation
 from relaysim.scenarios import load_scenario
 from tests.conftest import SCENARIOS
 from tests.worker_helpers import drain, event_frame
@@ -25,6 +26,7 @@ def stats_json() -> dict[str, object]:
 
 def replay_post_lifecycle_and_more(batch_size: int = 100) -> None:
     client = redis_store.connect()
+    claim_generation("relay.test", 1)  # the generation harness.events.push writes, as run_firehose would
     push(client, [(m.seq, m.frame) for m in load_scenario(SCENARIOS / "post_lifecycle.json")])  # type: ignore[misc]
     push(client, [
         (40_000_000, commit_frame(40_000_000, [("create", "com.example.note/3lmxjza3h2i27",
@@ -46,6 +48,7 @@ def test_it_prints_the_exact_counts_after_a_scenario() -> None:
         # The repo, the author of the liked post, and the two accounts of the #account events.
         "actors": {"total": 4, "active": 2, "deactivated": 1, "takendown": 0, "suspended": 0, "deleted": 1,
                    "desynchronized": 0, "throttled": 0},
+        "repos": {"desynchronized": 0, "resyncing": 0, "error": 0, "queued": 0},
         "cursor": 40_000_002,
         "metrics": {"#account": 2, "#commit": 7, "#identity": 0, "#sync": 0, "errors": 0, "totalEvents": 9},
     }

@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("protocol", "pipeline", "firehose", "relaysim", "appview", "xrpc", "dashboard", "config", "harness",
-            "bench", "tests")
+PACKAGES = ("protocol", "pipeline", "firehose", "relaysim", "identity", "appview", "xrpc", "dashboard", "config",
+            "harness", "bench", "tests")
 # The project packages each top-level package may import, besides itself.
 ALLOWED = {
     "protocol": set(),
     "pipeline": {"protocol"},
     "firehose": {"protocol", "pipeline"},
     "relaysim": {"protocol"},
-    "appview": {"protocol", "pipeline"},
+    "identity": {"protocol"},
+    "appview": {"protocol", "pipeline", "identity"},
     "xrpc": {"protocol", "pipeline", "appview"},
     "dashboard": {"pipeline", "appview"},
     "config": {"dashboard", "xrpc"},
     "harness": {"protocol", "pipeline"},
-    "bench": {"protocol", "pipeline", "appview", "xrpc", "relaysim", "harness"},
+    "bench": {"protocol", "pipeline", "identity", "appview", "xrpc", "relaysim", "harness"},
     "tests": set(PACKAGES) - {"bench"},
 }
 # Outside libraries a package must not use.

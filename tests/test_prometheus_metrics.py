@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import connection
 from django.test import Client
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -31,7 +31,7 @@ ALWAYS = {
     "appview_consumer_lag_events", "appview_consumer_lag_seconds", "appview_workers",
     "appview_firehose_connected", "appview_firehose_paused", "appview_firehose_reconnects",
     "appview_firehose_events_received", "appview_firehose_errors", "appview_index_latency_seconds",
-    "appview_resync_queue_actors_estimate", "appview_backfill_queue_repos", "appview_store_up",
+    "appview_repos_out_of_sync", "appview_backfill_queue_repos", "appview_store_up",
     "appview_http_requests", "appview_http_request_duration_seconds",
 }
 
@@ -145,12 +145,19 @@ def test_it_counts_and_times_requests_by_route_kind_with_bounded_labels(client: 
             >= 1)
 
 
-def test_it_estimates_the_resync_queue_from_postgresqls_statistics(client: Client) -> None:
-    Actor.objects.bulk_create([Actor(did=f"did:plc:resync{n:019d}", needs_resync=n < 30) for n in range(100)])
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {Actor._meta.db_table}")
+def test_it_counts_repositories_out_of_sync_by_state(client: Client) -> None:
+    Actor.objects.bulk_create([
+        Actor(did=f"did:plc:resync{n:019d}", sync_status=["active", "desynchronized", "error"][n % 3],
+              resync_after=timezone.now() if n % 3 else None)
+        for n in range(99)
+    ])
 
-    assert scrape(client).value("appview_resync_queue_actors_estimate") == 30
+    scraped = scrape(client)
+
+    assert scraped.value("appview_repos_out_of_sync", state="desynchronized") == 33
+    assert scraped.value("appview_repos_out_of_sync", state="error") == 33
+    assert scraped.value("appview_repos_out_of_sync", state="resyncing") == 0
+    assert scraped.value("appview_repos_out_of_sync", state="queued") == 66
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.db import connection, connections
 from appview.indexing import apply, services
 from appview.indexing.events import ParsedEvent, parse_entry
 from appview.models import Actor, Like, Post, RecordTombstone
-from harness.events import DID, WHEN, commit_frame, push
+from harness.events import DID, WHEN, commit_frame, push, rev_of
 from pipeline import redis_store
 from tests.worker_helpers import (
     CID,
@@ -158,8 +158,8 @@ def test_it_keeps_the_tombstone_of_a_delete_followed_by_a_create_in_one_batch() 
     frames = [(5, commit_frame(5, [("create", path, like)])), (6, commit_frame(6, [("delete", path, None)])),
               (7, commit_frame(7, [("create", path, like)]))]
     services.index_events(events=parsed(frames))
-    assert list(RecordTombstone.objects.values_list("seq", flat=True)) == [6]
-    assert list(Like.objects.values_list("seq", flat=True)) == [7]
+    assert list(RecordTombstone.objects.values_list("rev", flat=True)) == [rev_of(6)]
+    assert list(Like.objects.values_list("rev", flat=True)) == [rev_of(7)]
 
 
 def test_it_runs_a_batch_again_when_postgresql_rolls_it_back() -> None:

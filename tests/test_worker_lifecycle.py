@@ -11,7 +11,7 @@ from appview.indexing.worker import Worker
 from appview.models import Like
 from harness.events import push
 from pipeline import redis_store
-from pipeline.cursor import advance_durable_cursor
+from pipeline.cursor import advance_durable_cursor, claim_generation
 from pipeline.models import IndexCursor
 from tests.worker_helpers import (
     OTHER,
@@ -34,29 +34,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def durable_seq(host: str) -> int:
+    return IndexCursor.objects.get(name=host).seq
+
+
 def test_it_saves_the_durable_cursor_and_never_moves_it_back() -> None:
+    claim_generation("relay.test", 1)  # as run_firehose does before it pushes generation 1
     client = redis_store.connect()
-    push(client, likes(1, 30))
+    push(client, likes(1, 30), generation=1)
     drain()
-    assert IndexCursor.objects.get(name="firehose").seq == 30
-    push(client, likes(31, 60))
+    assert durable_seq("relay.test") == 30
+    push(client, likes(31, 60), generation=1)
     # Entry 31 was delivered to a worker that died: the cursor must stay below it.
     client.xreadgroup(redis_store.CONSUMER_GROUP, "dead", {redis_store.events_stream(): ">"}, count=1)
     worker = make_worker(batch_size=1000)
     worker.step()
     worker._advance_cursor()
     assert Like.objects.count() == 59
-    assert IndexCursor.objects.get(name="firehose").seq == 30
-    client.xack(redis_store.events_stream(), redis_store.CONSUMER_GROUP, "31-0")
+    assert durable_seq("relay.test") == 30
+    client.xack(redis_store.events_stream(), redis_store.CONSUMER_GROUP, "1-31")
     worker._advance_cursor()
-    assert IndexCursor.objects.get(name="firehose").seq == 60
-    assert advance_durable_cursor(seq=10) == 60
-    assert IndexCursor.objects.get(name="firehose").seq == 60
-    # A missing row is created, not silently left missing (an UPDATE would save nothing).
-    IndexCursor.objects.all().delete()
-    push(client, likes(61, 70))
+    assert durable_seq("relay.test") == 60
+    assert advance_durable_cursor(generation=1, seq=10) == 60
+    assert durable_seq("relay.test") == 60
+
+
+def test_it_moves_only_the_cursor_of_the_relay_whose_generation_the_mark_is_in() -> None:
+    client = redis_store.connect()
+    claim_generation("a.test", 1)
+    push(client, likes(1, 30), generation=1)
     drain()
-    assert IndexCursor.objects.get(name="firehose").seq == 70
+    # run_firehose switched to relay b, numbered from 1: its entries come after a's in the stream.
+    claim_generation("b.test", 2)
+    push(client, likes(1001, 1005), generation=2)
+    drain()
+    assert (durable_seq("a.test"), durable_seq("b.test")) == (30, 1005)
+    # Back to relay a, under a new generation: a late mark of its old one moves nothing.
+    claim_generation("a.test", 3)
+    assert advance_durable_cursor(generation=1, seq=40) is None
+    assert (durable_seq("a.test"), durable_seq("b.test")) == (30, 1005)
+    push(client, likes(31, 35), generation=3)
+    drain()
+    assert (durable_seq("a.test"), durable_seq("b.test")) == (35, 1005)
 
 
 def test_it_reads_what_it_left_pending_before_a_restart_once() -> None:
@@ -154,7 +173,7 @@ def test_it_recreates_the_consumer_group_when_redis_lost_its_data() -> None:
     client.delete(redis_store.events_stream())  # Redis restarted empty: no stream, no group
     for seq, frame in likes(11, 15):
         client.xadd(redis_store.events_stream(), {"seq": seq, "t": "#commit", "did": "did:plc:x", "frame": frame,
-                                                  "received_at": 0}, id=f"{seq}-0")
+                                                  "received_at": 0}, id=f"1-{seq}")
     assert worker.step() == 0  # NOGROUP: the group is created again, from the start of the stream
     assert worker.step() == 5
     assert Like.objects.count() == 15
@@ -165,7 +184,7 @@ def test_it_records_how_long_each_event_took_from_arrival_to_commit() -> None:
     push(client, likes(1, 40))
     old = str(int(time.time() * 1000) - 4000).encode()
     client.xadd(redis_store.events_stream(), {"seq": 41, "t": "#commit", "did": OTHER, "received_at": old,
-                                              "frame": likes(41, 41)[0][1]}, id="41-0")
+                                              "frame": likes(41, 41)[0][1]}, id="1-41")
     drain()
     drain()  # a second pass acknowledges nothing, so it must add nothing
     histogram = {k.decode(): int(v) for k, v in client.hgetall(redis_store.latency_histogram()).items()}

@@ -70,7 +70,7 @@ def test_it_gives_the_same_index_when_three_workers_take_shuffled_events() -> No
             stop(worker)
     # All three took part.
     assert all(" 0 events" not in log.splitlines()[-1] for log in logs), logs
-    assert diff(reference, current()) == []
+    assert not (problems := diff(reference, current())), "\n".join(problems)
     assert_aggregates_match_rows()
     assert metrics(redis_store.connect()) == counted
 
@@ -82,7 +82,7 @@ def test_it_changes_nothing_when_every_event_is_delivered_twice() -> None:
     push(client, events)
     push(client, events, explicit_ids=False)  # a replay: the same events again, as new entries
     drain("twice", batch_size=150)
-    assert diff(reference, current()) == []
+    assert not (problems := diff(reference, current())), "\n".join(problems)
     assert_aggregates_match_rows()
     assert metrics(client) == {name: value * 2 for name, value in counted.items()}
 
@@ -107,7 +107,7 @@ def test_it_gives_the_same_index_and_counts_after_a_worker_is_killed_mid_batch()
         assert again.wait(timeout=240) == 0, again.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
     finally:
         stop(again)
-    assert diff(reference, current()) == []
+    assert not (problems := diff(reference, current())), "\n".join(problems)
     assert metrics(client) == counted
     assert client.xpending(redis_store.events_stream(), redis_store.CONSUMER_GROUP)["pending"] == 0
 

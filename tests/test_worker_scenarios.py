@@ -17,6 +17,7 @@ from appview.models import (
 )
 from harness.events import DID, WHEN, commit_frame, push
 from pipeline import redis_store
+from protocol.syntax import tid_of
 from relaysim.scenarios import load_scenario
 from tests.conftest import SCENARIOS
 from tests.worker_helpers import CID, OTHER, assert_aggregates_match_rows, drain, metrics
@@ -44,9 +45,9 @@ def test_it_indexes_post_lifecycle() -> None:
     assert uris(Post) == {post}  # the reply was created then deleted
     assert uris(Threadgate) == {f"at://{DID}/app.bsky.feed.threadgate/3lmxk35znys2k"}
     assert uris(Postgate) == {f"at://{DID}/app.bsky.feed.postgate/3lmxk35znys2k"}
-    assert set(RecordTombstone.objects.values_list("uri", "seq")) == {
-        (f"at://{DID}/app.bsky.feed.like/3lmxjza3h2i27", 35942466),
-        (f"at://{DID}/app.bsky.feed.post/3lmxjzlexp22k", 35956607),
+    assert set(RecordTombstone.objects.values_list("uri", "rev")) == {
+        (f"at://{DID}/app.bsky.feed.like/3lmxjza3h2i27", "3lmxjzbfkb522"),
+        (f"at://{DID}/app.bsky.feed.post/3lmxjzlexp22k", "3lmxjzvdjcc2e"),
     }
     stored = Post.objects.get(uri=post)
     assert (stored.text, stored.langs, stored.embed_type, stored.seq) == (
@@ -87,10 +88,13 @@ def test_it_marks_and_purges_a_deleted_account() -> None:
                                                     did=did))])
     replay("account_lifecycle.json")
     actor = Actor.objects.get(did=did)
-    assert (actor.handle, actor.handle_seq) == ("pengua.bsky.social", 110)
-    assert (actor.active, actor.status, actor.status_seq) == (False, "deleted", 140)
-    assert (actor.rev, actor.rev_seq, actor.needs_resync) == ("3lmxrbvasth2t", 130, True)
-    assert actor.purged_seq == 140
+    # The handle comes from the DID document (no PLC here), never from the event.
+    assert actor.handle is None
+    assert (actor.active, actor.status) == (False, "deleted")
+    # The #sync announced a rev the index does not hold, but the account was deleted after it: nothing to resync.
+    assert (actor.rev, actor.sync_status, actor.resync_after) == ("3lmxrbvasth2t", "active", None)
+    # Nothing written before the deletion (its time as a TID) may come back.
+    assert actor.floor_rev == tid_of(1_744_846_893_895_000)  # 2025-04-16T23:41:33.895Z
     assert (Post.objects.count(), actor.posts_count) == (0, 0)
     assert metrics(redis_store.connect()) == {"totalEvents": 5, "#commit": 1, "#identity": 1, "#account": 2,
                                               "#sync": 1, "errors": 0}
@@ -99,12 +103,14 @@ def test_it_marks_and_purges_a_deleted_account() -> None:
 def test_it_keeps_a_deactivated_account_marked_then_active_again() -> None:
     replay("deactivation.json")
     actor = Actor.objects.get(did=DID)
-    assert (actor.active, actor.status, actor.status_seq) == (True, "active", 103)
+    assert (actor.active, actor.status) == (True, "active")
+    assert actor.status_position.endswith(f"{103:020d}")
     # The first like stays; the second was created and deleted; the post (dropped by the relay) was
     # never indexed, so its delete only leaves a tombstone; its threadgate is kept.
     assert uris(Like) == {f"at://{DID}/app.bsky.feed.like/3llpyftcvih2r"}
     assert uris(Threadgate) == {f"at://{DID}/app.bsky.feed.threadgate/3llxv7pnd3s2q"}
-    assert RecordTombstone.objects.filter(uri=f"at://{DID}/app.bsky.feed.post/3llxv7pnd3s2q", seq=107).exists()
+    assert RecordTombstone.objects.filter(uri=f"at://{DID}/app.bsky.feed.post/3llxv7pnd3s2q",
+                                          rev="3llxvapijbc2o").exists()
 
 
 def test_it_shows_a_deactivated_account_as_inactive() -> None:
@@ -128,7 +134,7 @@ def test_it_indexes_legacy_events() -> None:
     replay("legacy.json")
     actor = Actor.objects.get(did=DID)
     assert actor.handle is None  # the #identity event carries no handle
-    assert (actor.active, actor.status_seq) == (True, 7278969009)
+    assert actor.active and actor.status_position.endswith(f"{7278969009:020d}")
     like = Like.objects.get()
     assert like.subject_uri == "at://did:plc:augewteszp6c4mawnasqdf2l/app.bsky.feed.post/3llmlwt3tl22o"
     assert like.subject_cid == "bafyreigju3dbtgydwqcmen6yodl6mzskmewyg55kx5h7btc7kdfm7uw3dq"

@@ -83,14 +83,14 @@ def test_it_prepares_again_when_a_migration_changes_a_result_type_under_it() -> 
     worker.run(drain=True)
     assert like_upserts(prepared_statements()) == [1]
     with psycopg.connect(**connection.get_connection_params(), autocommit=True) as migrator:
-        migrator.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN seq TYPE numeric")
+        migrator.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN rev TYPE varchar(64)")
     try:
         push(client, like_frames(range(11, 21)))
         worker.run(drain=True)
     finally:
         connection.close()  # its plans are for the altered type
         with connection.cursor() as cursor:
-            cursor.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN seq TYPE bigint")
+            cursor.execute("ALTER TABLE appview_recordtombstone ALTER COLUMN rev TYPE text")
     assert Like.objects.count() == 20
     assert client.xlen(redis_store.dead_letters_stream()) == 0
     assert (worker.stats.processed, worker.stats.dead) == (20, 0)

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import libipld
+from django.utils import timezone
 
 from harness.events import commit_frame, push
+from identity.cache import store_identity
+from identity.resolver import Identity
 from pipeline import redis_store
 from protocol.cid import cid_for_block
 from tests.worker_helpers import drain, event_frame
@@ -18,6 +21,14 @@ from tests.worker_helpers import drain, event_frame
 RAW_CID_PREFIX = bytes((1, 0x55, 0x12, 32))
 BASE_TIME = "2025-03-01T12:00:00.000Z"
 MISSING_CID = "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"  # of a post never indexed
+
+
+def confirmed_handle(actor: str, handle: str) -> None:
+    """What resolving the actor's DID document and confirming its handle leaves in the identity cache, from
+    which the worker takes actors' handles."""
+    document = {"id": actor, "alsoKnownAs": [f"at://{handle}"]}
+    store_identity(Identity(did=actor, handle=handle, signing_key=None, pds=None, fetched_at=timezone.now(),
+                            document=document), ttl=3600)
 
 
 def did(name: str) -> str:
@@ -98,7 +109,7 @@ def build(*, extra_likes: int = 0, extra_follows: int = 0) -> Network:
     for actor, name in names.items():
         handle = f"{name}.test"
         n.handles[actor] = handle
-        b.event("#identity", actor, handle=handle)
+        confirmed_handle(actor, handle)
         b.create(f"profile:{name}", actor, "app.bsky.actor.profile",
                  {"displayName": name.title(), "description": f"I am {name}", "avatar": blob(len(name)),
                   "banner": blob(len(name) + 50), "createdAt": BASE_TIME}, rkey="self")

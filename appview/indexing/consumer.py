@@ -149,7 +149,8 @@ class StreamConsumer:
                                            {redis_store.events_stream(): start}, count=count,
                                            block=block)
         except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            # UNBLOCKED: the stream was deleted (FLUSHALL) while this read waited on it.
+            if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                 raise
             logger.warning("consumer group missing (Redis lost its data?): creating it again")
             stream.ensure_group(self.client)
@@ -207,7 +208,8 @@ class StreamConsumer:
         args: list[Any] = [redis_store.CONSUMER_GROUP, len(done), len(dead), DEAD_LETTERS_MAXLEN,
                            stream.SECOND_BUCKET_TTL, stream.MINUTE_BUCKET_TTL]
         for event in done:
-            args += (event.entry_id, event.type, event.errors, latency_bucket(event, now))
+            args += (event.entry_id, event.type, event.errors + (event.sync_problem is not None),
+                     latency_bucket(event, now), event.sync_problem or "", event.filtered)
         failed_at = f"{now:.3f}"
         for event, error in dead:
             args += (event.entry_id, event.type, error[:2000], self.consumer, failed_at, len(event.fields))

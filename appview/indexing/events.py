@@ -1,22 +1,31 @@
 """Turns entries of firehose:events into what a batch applies: record writes with their typed columns,
 and actor changes. Parsing never raises: a bad frame, event or record is counted in ``errors`` and
-leaves out only what it spoils.
+leaves out only what it spoils. A commit that breaks the sync protocol (``sync_problem``) is applied not
+at all: its repo is queued for resync, which brings the repository's true state.
 """
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+
+from appview.indexing.collection_filter import is_stored
 from appview.indexing.collections import TABLE_BY_COLLECTION
 from appview.indexing.sanitize import Fields, RecordError, record_json
-from appview.indexing.tables import TableSpec, post_author
+from appview.indexing.tables import TableSpec, check_record_key, post_author
 from protocol import syntax
-from protocol.commit import commit_ops
+from protocol.commit import RecordOp, commit_ops, commit_spans
 from protocol.frames import FrameError, decode_frame, event_of
+from protocol.repo import SignedCommit, SyncError, verify_commit_event
 
 logger = logging.getLogger(__name__)
 
 STATUS_MAX = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(slots=True)
@@ -30,8 +39,8 @@ class RecordWrite:
     seq: int
     order: int  # position of the op in its commit: the later of two ops on one URI in one commit wins
     spec: TableSpec | None  # None: the generic table
+    rev: str  # the commit's: writes of a URI apply in rev order
     cid: str = ""
-    rev: str = ""
     created_at: str | None = None  # ISO 8601
     raw: str = ""
     values: tuple[Any, ...] | None = None
@@ -49,18 +58,28 @@ class ParsedEvent:
     seq: int = 0
     did: str = ""
     errors: int = 0
+    filtered: int = 0  # record writes of collections COLLECTION_FILTERS leaves out
     writes: list[RecordWrite] = field(default_factory=list)
     dids: set[str] = field(default_factory=set)  # every DID the event names, for actor rows
-    handle: str | None = None  # #identity with a valid handle (lowercased)
+    # Where an #account event stands among those of its repo: its time, then its seq (for events of one relay
+    # with the same time), as text that sorts in that order. A relay switch cannot roll state back.
+    position: str = ""
+    rev: str | None = None  # #commit and #sync: the repo's rev after the event
+    since: str | None = None  # #commit: the rev it follows
+    sync_problem: str | None = None  # why the commit is not applied and its repo is to be resynced
+    signed: SignedCommit | None = None  # a verified commit whose signature is still to be checked
+    identity_changed: bool = False  # #identity: the DID document is to be resolved again
     account: tuple[bool, str] | None = None  # #account: (active, status)
-    sync_rev: str | None = None  # #sync
+    purge_rev: str = ""  # #account deleted: the TID of its time (records older than it are the account's)
 
     @property
     def usable(self) -> bool:
         return bool(self.did)
 
 
-def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> ParsedEvent:
+def parse_entry(entry_id: bytes, fields: dict[bytes, bytes], *, verify: bool = False) -> ParsedEvent:
+    """``verify``: check each commit as Sync v1.1 says (CIDs, blocks, the signed commit, the MST inversion);
+    its signature is checked later, for the whole batch, once the keys are known (``signed``)."""
     entry_type = fields.get(b"t", b"").decode("utf-8", "replace")[:32]
     event = ParsedEvent(entry_id=entry_id, fields=fields, type=entry_type)
     try:
@@ -75,7 +94,7 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> ParsedEvent:
     body = frame.body
     try:
         if header.type == "#commit":
-            _commit(event, body)
+            _commit(event, body, verify=verify)
         elif header.type == "#identity":
             _identity(event, body)
         elif header.type == "#account":
@@ -88,42 +107,73 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> ParsedEvent:
     return event
 
 
-def _commit(event: ParsedEvent, body: dict[str, Any]) -> None:
-    rev = body.get("rev")
+def _commit(event: ParsedEvent, body: dict[str, Any], *, verify: bool) -> None:
+    rev, since = body.get("rev"), body.get("since")
     if not syntax.is_tid(rev):
-        event.errors += 1
-        rev = ""
-    for order, op in enumerate(commit_ops(body)):
-        uri = op.uri(event.did)
-        spec = TABLE_BY_COLLECTION.get(op.collection)
-        write = RecordWrite(uri=uri, did=event.did, collection=op.collection, rkey=op.rkey, seq=event.seq,
-                            order=order, spec=spec, rev=rev)
-        if op.action == "delete":
+        event.sync_problem = "rev-mismatch"
+        return
+    event.rev = rev
+    event.since = since if syntax.is_tid(since) else None
+    if body.get("tooBig") is True:
+        event.sync_problem = "too-big"
+        return
+    try:
+        spans = commit_spans(body)
+        if verify:
+            event.signed = verify_commit_event(body, spans, None)
+        ops = commit_ops(body, spans)
+    except SyncError as exc:  # a CommitError too
+        logger.warning("#commit seq %d of %s not applied: %s: %s", event.seq, event.did, exc.reason, exc)
+        event.sync_problem = exc.reason
+        return
+    for order, op in enumerate(ops):
+        write, errors = record_write(event.did, op, rev=rev, seq=event.seq, order=order)
+        event.errors += errors
+        if write is not None:
             event.writes.append(write)
-            continue
-        try:
-            bad = _fill(write, op.record or {}, op.cid or "")
-        except RecordError as exc:
-            logger.debug("seq %d %s skipped: %s", event.seq, uri, exc)
-            event.errors += 1
-            continue
-        except Exception:
-            logger.exception("seq %d %s skipped: its record broke the extractor", event.seq, uri)
-            event.errors += 1
-            continue
-        event.errors += bad
-        event.writes.append(write)
-        if spec is not None:
-            for column in spec.did_columns:
-                event.dids.add(write.values[spec.index(column)])  # type: ignore[index]
-            for column in spec.post_columns:
-                author = post_author(write.values[spec.index(column)])  # type: ignore[index]
-                if author is not None:
-                    event.dids.add(author)
+            event.dids.update(named_dids(write))
+        elif not errors:
+            event.filtered += 1
+
+
+def record_write(did: str, op: RecordOp, *, rev: str, seq: int, order: int) -> tuple[RecordWrite | None, int]:
+    """The write of one record op of ``did``'s repo, and the errors found in its record: (None, 1) when the
+    record is refused, (write, 1) when it is stored sanitised, (None, 0) when its collection is not stored
+    (``COLLECTION_FILTERS``). Never raises."""
+    if not is_stored(op.collection, settings.COLLECTION_FILTERS):
+        return None, 0
+    uri = op.uri(did)
+    write = RecordWrite(uri=uri, did=did, collection=op.collection, rkey=op.rkey, seq=seq, order=order,
+                        spec=TABLE_BY_COLLECTION.get(op.collection), rev=rev)
+    if op.action == "delete":
+        return write, 0
+    try:
+        bad = _fill(write, op.record or {}, op.cid or "")
+    except RecordError as exc:
+        logger.debug("%s skipped: %s", uri, exc)
+        return None, 1
+    except Exception:
+        logger.exception("%s skipped: its record broke the extractor", uri)
+        return None, 1
+    return write, int(bad)
+
+
+def named_dids(write: RecordWrite) -> Iterator[str]:
+    """The DIDs a stored record names (subjects, post authors): each gets an actor row."""
+    spec = write.spec
+    if spec is None or write.values is None:
+        return
+    for column in spec.did_columns:
+        yield write.values[spec.index(column)]
+    for column in spec.post_columns:
+        author = post_author(write.values[spec.index(column)])
+        if author is not None:
+            yield author
 
 
 def _fill(write: RecordWrite, record: dict[str, Any], cid: str) -> bool:
     """Fills the write from its record; True when the record was stored sanitised."""
+    check_record_key(write.collection, write.rkey)
     fields = Fields(record)
     spec = write.spec
     if spec is not None:
@@ -132,23 +182,19 @@ def _fill(write: RecordWrite, record: dict[str, Any], cid: str) -> bool:
             raise RecordError(f"$type {str(record_type)[:100]!r} is not the collection")
         fields.bad = record_type is None
         write.values = spec.extract(fields)
-        write.created_at = fields.timestamp("createdAt", required=spec.created_at_required)
+        spec.check_owner(write.did, write.rkey, write.values)
+        write.created_at = fields.created_at(required=spec.created_at_required)
     else:
         write.values = ()
-        write.created_at = fields.timestamp("createdAt", required=False)
+        write.created_at = fields.created_at(required=False)
     write.cid = cid
     write.raw, altered = record_json(record)
     return fields.bad or altered
 
 
 def _identity(event: ParsedEvent, body: dict[str, Any]) -> None:
-    handle = body.get("handle")
-    if handle is None:
-        return
-    if syntax.is_handle(handle):
-        event.handle = handle.lower()
-    else:
-        event.errors += 1
+    # The handle in the event is a hint: the DID document is the authority, resolved again by the worker.
+    event.identity_changed = True
 
 
 def _account(event: ParsedEvent, body: dict[str, Any]) -> None:
@@ -164,11 +210,21 @@ def _account(event: ParsedEvent, body: dict[str, Any]) -> None:
         event.errors += status is not None
         status = "deactivated"
     event.account = (active, status.lower())
+    time = _microseconds(body.get("time"))
+    event.position = f"{time:017d}.{event.seq:020d}"
+    if event.account[1] == "deleted":
+        event.purge_rev = syntax.tid_of(time)
 
 
 def _sync(event: ParsedEvent, body: dict[str, Any]) -> None:
     rev = body.get("rev")
     if syntax.is_tid(rev):
-        event.sync_rev = rev
+        event.rev = rev
     else:
         event.errors += 1
+
+
+def _microseconds(value: object) -> int:
+    """An event's ``time`` in microseconds since the epoch; 0 when it is missing, not a datetime or before 1970."""
+    parsed = syntax.parse_datetime(value)
+    return max((parsed - _EPOCH) // _MICROSECOND, 0) if parsed is not None else 0

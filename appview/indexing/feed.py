@@ -4,7 +4,7 @@ from typing import Any
 
 from appview import models
 from appview.indexing.sanitize import Fields, RecordError
-from appview.indexing.tables import TableSpec
+from appview.indexing.tables import TableSpec, is_post_uri
 from protocol import syntax
 
 # Lexicon bounds (in bytes, so at most as many characters): post text 3000, descriptions 3000 (feed
@@ -22,16 +22,20 @@ def _post(f: Fields) -> tuple[Any, ...]:
     root_uri = parent_uri = None
     reply = f.record.get("reply")
     if reply is not None:
-        if isinstance(reply, dict):
-            root_uri, _ = f.strong_ref(reply.get("root"))
-            parent_uri, _ = f.strong_ref(reply.get("parent"))
-            if root_uri is None or parent_uri is None:
-                f.bad = True
-                root_uri = parent_uri = None
-        else:
-            f.bad = True
+        # A reply whose thread cannot be placed is refused: stored without it, it would show as a top-level post.
+        if not isinstance(reply, dict):
+            raise RecordError("reply is not an object")
+        root_uri = _post_ref(reply.get("root"), "reply.root")
+        parent_uri = _post_ref(reply.get("parent"), "reply.parent")
     embed_type, quote_uri = _embed(f)
     return text, langs, root_uri, parent_uri, quote_uri, embed_type
+
+
+def _post_ref(value: Any, name: str) -> str:
+    """The URI of a com.atproto.repo.strongRef to a post (its repo named by DID, its CID valid)."""
+    if not isinstance(value, dict) or not is_post_uri(value.get("uri")) or not syntax.is_cid(value.get("cid")):
+        raise RecordError(f"{name} is not a strong reference to a post")
+    return value["uri"]
 
 
 def _langs(f: Fields) -> list[str]:
@@ -91,8 +95,8 @@ def _generator(f: Fields) -> tuple[Any, ...]:
 
 def _gate(f: Fields) -> tuple[Any, ...]:
     post = f.record.get("post")
-    if not syntax.is_at_uri(post):
-        raise RecordError("post is not a valid AT-URI")
+    if not is_post_uri(post):
+        raise RecordError("post is not the AT-URI of a post")
     return (post,)
 
 
@@ -106,6 +110,6 @@ TABLES = (
     TableSpec(models.Like, ("subject_uri", "subject_cid"), _subject, post_columns=("subject_uri",)),
     TableSpec(models.Repost, ("subject_uri", "subject_cid"), _subject, post_columns=("subject_uri",)),
     TableSpec(models.FeedGenerator, ("service_did", "display_name", "description"), _generator),
-    TableSpec(models.Threadgate, ("post_uri",), _gate),
-    TableSpec(models.Postgate, ("post_uri",), _gate),
+    TableSpec(models.Threadgate, ("post_uri",), _gate, own_post_column="post_uri"),
+    TableSpec(models.Postgate, ("post_uri",), _gate, own_post_column="post_uri"),
 )

@@ -1,6 +1,8 @@
 """A batch of parsed events reduced to its final effects, in Python, before any SQL: the last write of
-each URI, the last delete of each URI, the last change of each actor. Testable without PostgreSQL."""
+each URI, the last delete of each URI, the last change of each actor, what each repo's commits say of its
+sync. Testable without PostgreSQL."""
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,10 +18,15 @@ class Folded:
     # it would be had the two come in separate batches.
     deletes: dict[str, RecordWrite] = field(default_factory=dict)
     dids: set[str] = field(default_factory=set)
-    handles: dict[str, tuple[int, str]] = field(default_factory=dict)
-    accounts: dict[str, tuple[int, bool, str]] = field(default_factory=dict)
-    purges: dict[str, int] = field(default_factory=dict)
-    syncs: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # (since, rev, whether a #sync) of each commit applied and each #sync, per repo, for the check of its chain
+    # of revs.
+    commits: dict[str, list[tuple[str | None, str, bool]]] = field(default_factory=lambda: defaultdict(list))
+    problems: dict[str, str] = field(default_factory=dict)  # repo -> why a commit of it was not applied
+    identities: set[str] = field(default_factory=set)  # repos whose DID document is to be resolved again
+    # Confirmed handles from DID documents resolved for this batch: DID -> (fetched at, ISO 8601; handle).
+    handles: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    accounts: dict[str, tuple[str, bool, str]] = field(default_factory=dict)  # DID -> (position, active, status)
+    purges: dict[str, str] = field(default_factory=dict)  # DID -> rev below which its records go
 
     @classmethod
     def of(cls, events: Iterable[ParsedEvent]) -> "Folded":
@@ -28,27 +35,30 @@ class Folded:
         for event in events:
             if not event.usable:
                 continue
+            did = event.did
             folded.dids.update(event.dids)
+            if event.sync_problem is not None:
+                folded.problems.setdefault(did, event.sync_problem)
+                continue
+            if event.rev is not None:
+                folded.commits[did].append((event.since, event.rev, event.type == "#sync"))
             for write in event.writes:
                 _keep_latest(writes, write)
                 if write.is_delete:
                     _keep_latest(deletes, write)
-            did, seq = event.did, event.seq
-            if event.handle is not None and seq > folded.handles.get(did, (0, ""))[0]:
-                folded.handles[did] = (seq, event.handle)
+            if event.identity_changed:
+                folded.identities.add(did)
             if event.account is not None:
                 active, status = event.account
-                if seq > folded.accounts.get(did, (0, True, ""))[0]:
-                    folded.accounts[did] = (seq, active, status)
+                if event.position > folded.accounts.get(did, ("", True, ""))[0]:
+                    folded.accounts[did] = (event.position, active, status)
                 if status == "deleted":
-                    folded.purges[did] = max(seq, folded.purges.get(did, 0))
-            if event.sync_rev is not None and seq > folded.syncs.get(did, (0, ""))[0]:
-                folded.syncs[did] = (seq, event.sync_rev)
+                    folded.purges[did] = max(event.purge_rev, folded.purges.get(did, ""))
         return folded
 
 
 def _keep_latest(by_uri: dict[str, RecordWrite], write: RecordWrite) -> None:
-    """Keeps ``write`` unless the mapping holds a later op on its URI (higher seq, or later in one commit)."""
+    """Keeps ``write`` unless the mapping holds a later op on its URI (higher rev, or later in one commit)."""
     current = by_uri.get(write.uri)
-    if current is None or (write.seq, write.order) > (current.seq, current.order):
+    if current is None or (write.rev, write.order) > (current.rev, current.order):
         by_uri[write.uri] = write

@@ -92,7 +92,7 @@ class Fields:
     """Reads typed fields out of one record, noting whether anything was missing, invalid or altered.
 
     ``bad`` ends up True for a record that was stored sanitised; ``RecordError`` is raised for one that
-    cannot be stored at all (a relation without a valid subject).
+    cannot be stored at all (a relation without a valid subject, a post without a valid createdAt).
     """
 
     __slots__ = ("bad", "record")
@@ -161,6 +161,18 @@ class Fields:
             self.bad = True
             return None
         return parsed.isoformat()
+
+    def created_at(self, *, required: bool) -> str | None:
+        """The record's createdAt for the created_at column.
+
+        Where the lexicon requires it, a record without one, or with one the datetime syntax refuses (no
+        timezone, February 30), is invalid and refused (RecordError). An invalid optional one, and a valid
+        datetime that Python cannot hold (year 0), are stored NULL: sort_at then falls back on indexed_at.
+        """
+        stored = self.timestamp("createdAt", required=required)
+        if stored is None and required and not syntax.is_datetime(self.record.get("createdAt")):
+            raise RecordError("createdAt is missing or is not a valid datetime")
+        return stored
 
     def blob_cid(self, name: str) -> str | None:
         """The CID of a blob field, in its current form ({ref: link}) or the legacy one ({cid: str})."""

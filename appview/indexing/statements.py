@@ -9,7 +9,19 @@ from django.db import connection
 from django.db.models import Model
 
 from appview.indexing.tables import TableSpec
-from appview.models import Actor, Follow, GenericRecord, Like, Post, RecordTombstone, RepoRecord, Repost, RowCountDelta
+from appview.models import (
+    MODEL_BY_COLLECTION,
+    Actor,
+    Follow,
+    GenericRecord,
+    HiddenShare,
+    Like,
+    Post,
+    RecordTombstone,
+    RepoRecord,
+    Repost,
+    RowCountDelta,
+)
 
 TEXTS = "%b::text[]"
 BIGINTS = "%b::bigint[]"
@@ -46,6 +58,42 @@ def _counted_columns_by_collection() -> dict[str, tuple[tuple[str, str, bool], .
 
 COUNTED_COLUMNS = _counted_columns_by_collection()
 
+SHARE = HiddenShare._meta.db_table
+SHARE_COUNTS = ("like_count", "repost_count", "reply_count", "quote_count", "followers_count", "follows_count")
+# For each collection counted in hidden shares: (column holding the share's key, share column, whose hidden
+# status puts the row in that share: "writer", the row's author, or the column naming the other account).
+SHARED_COLUMNS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    Like.collection: (("subject_uri", "like_count", "writer"),),
+    Repost.collection: (("subject_uri", "repost_count", "writer"),),
+    Post.collection: (("reply_parent_uri", "reply_count", "writer"), ("quote_uri", "quote_count", "writer")),
+    Follow.collection: (("subject_did", "followers_count", "writer"), ("did", "follows_count", "subject_did")),
+}
+
+
+def _shares_of_accounts() -> str:
+    """Moves into (sign +1) or out of (-1) the hidden shares everything that counts there because of the
+    accounts given (DIDs and signs as two arrays): what they wrote, and follows of them."""
+    parts = []
+    for collection, entries in SHARED_COLUMNS.items():
+        table = MODEL_BY_COLLECTION[collection]._meta.db_table
+        for column, share, whose in entries:
+            account = "did" if whose == "writer" else whose
+            counts = ", ".join("v.sign" if name == share else "0" for name in SHARE_COUNTS)
+            parts.append(f"SELECT x.{column} AS key, {counts} FROM {table} x JOIN v ON x.{account} = v.did"
+                         f" WHERE x.{column} IS NOT NULL")
+    sums = ", ".join(f"sum(s.c{index})" for index in range(len(SHARE_COUNTS)))
+    names = ", ".join(f"c{index}" for index in range(len(SHARE_COUNTS)))
+    added = ", ".join(f"{name} = t.{name} + excluded.{name}" for name in SHARE_COUNTS)
+    return (
+        f"WITH v AS (SELECT * FROM unnest({TEXTS}, {BIGINTS}) AS v(did, sign))"
+        f" INSERT INTO {SHARE} AS t (key, {', '.join(SHARE_COUNTS)})"
+        f" SELECT s.key, {sums} FROM ({' UNION ALL '.join(parts)}) AS s(key, {names}) GROUP BY s.key ORDER BY s.key"
+        f" ON CONFLICT (key) DO UPDATE SET {added}"
+    )
+
+
+SHARES_OF_ACCOUNTS = _shares_of_accounts()
+
 
 def counted_columns(collection: str) -> list[str]:
     return [column for column, _, _ in COUNTED_COLUMNS.get(collection, ())]
@@ -62,6 +110,8 @@ def _literal(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, list):
+        return "'{" + ",".join(f'"{item}"' for item in value) + "}'"
     return "'" + str(value).replace("'", "''") + "'"
 
 
@@ -72,9 +122,6 @@ GENERIC_COLUMNS = _written_by_batch(GenericRecord)
 _ACTOR_DEFAULTS = {f.column: f.get_default() for f in Actor._meta.fields if f.has_default()}
 ACTOR_DEFAULT_COLUMNS = ", ".join(_ACTOR_DEFAULTS)
 ACTOR_DEFAULT_VALUES = ", ".join(_literal(value) for value in _ACTOR_DEFAULTS.values())
-_UPSERT_SQL: dict[str, str] = {}
-
-
 _UPSERT_SQL: dict[str, str] = {}
 
 
@@ -114,7 +161,7 @@ def upsert_sql(spec: TableSpec | None) -> str:
     sql = (
         f"WITH w AS (INSERT INTO {table} AS t ({', '.join(names)}{fixed_names})"
         f" SELECT {', '.join(names)}{fixed_values} FROM json_to_recordset(%s::json) AS v({definition})"
-        f" ON CONFLICT (uri) DO UPDATE SET {updated}, indexed_at = now() WHERE excluded.seq > t.seq"
+        f" ON CONFLICT (uri) DO UPDATE SET {updated}, indexed_at = now() WHERE excluded.rev > t.rev"
         f" RETURNING {returning}) {summary}"
     )
     _UPSERT_SQL[key] = sql

@@ -21,15 +21,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psycopg
 import redis
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, connection
 from django.db import OperationalError as DjangoOperationalError
 
 from appview.indexing import services
 from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK, Abandon, StreamConsumer
 from appview.indexing.events import ParsedEvent, parse_entry
+from appview.sync.handles import copy_confirmed_handles
+from appview.sync.signatures import check_signatures
+from identity import services as identity
 from pipeline import redis_store, stream
 from pipeline.cursor import advance_durable_cursor
 
@@ -39,6 +44,11 @@ HEARTBEAT_SECONDS = 2.0
 LOG_SECONDS = 5.0
 CURSOR_SECONDS = 1.0
 COMPACT_SECONDS = 60.0
+HANDLES_SECONDS = 2.0
+# Documents fetched this long ago at most are copied on each pass; the first pass of a worker looks further back,
+# over what was fetched while no worker ran.
+HANDLES_WINDOW_SECONDS = 600.0
+FIRST_HANDLES_WINDOW_SECONDS = 86_400.0
 MAX_BACKOFF_SECONDS = 30.0  # while PostgreSQL is unreachable
 DEADLOCK_RETRIES = 5
 LATENCY_WINDOW = 200
@@ -103,6 +113,8 @@ class _Reader:
             self._put(None)
         except BaseException as exc:
             self._put(exc)
+        finally:
+            connection.close()  # this thread's own, opened when it read the signing keys of a batch
 
     def _put(self, item: "Batch | BaseException | None") -> None:
         while not self._closing.is_set():
@@ -168,6 +180,8 @@ class Worker:
         self._known_actors: set[str] = set()
         self._next_heartbeat = 0.0
         self._next_cursor = 0.0
+        self._next_handles = 0.0
+        self._handles_window = FIRST_HANDLES_WINDOW_SECONDS
         self._next_compact = time.monotonic() + COMPACT_SECONDS
         self._next_log = time.monotonic() + LOG_SECONDS
         self._logged = (0, 0, time.monotonic())
@@ -230,8 +244,13 @@ class Worker:
         entries, deliveries = self.stream_io.read()
         if not entries:
             return None
+        verify = settings.VERIFY_COMMITS
+        events = [parse_entry(entry_id, fields, verify=verify) for entry_id, fields in entries if fields is not None]
+        if verify:
+            check_signatures(events, wait=settings.SIGNING_KEY_WAIT)
+        identity.refresh_in_background(event.did for event in events if event.identity_changed)
         return Batch(
-            events=[parse_entry(entry_id, fields) for entry_id, fields in entries if fields is not None],
+            events=events,
             gone=[entry_id for entry_id, fields in entries if fields is None],
             deliveries=deliveries,
             read_at=read_at,
@@ -327,20 +346,34 @@ class Worker:
         if now >= self._next_cursor:
             self._next_cursor = now + CURSOR_SECONDS
             self._advance_cursor()
+        if now >= self._next_handles:
+            self._next_handles = now + HANDLES_SECONDS
+            self._housekeep("copy the handles of fetched DID documents", lambda: copy_confirmed_handles(
+                fetched_within=timedelta(seconds=self._handles_window)))
+            self._handles_window = HANDLES_WINDOW_SECONDS
         if now >= self._next_compact:
             self._next_compact = now + COMPACT_SECONDS
-            try:
-                services.compact_row_counts()
-            except (DatabaseError, psycopg.Error) as exc:
-                logger.warning("could not fold the row-count ledger: %s", _describe(exc))
+            self._housekeep("fold the row-count ledger", services.compact_row_counts)
+            self._housekeep("queue the repos that missed commits", lambda: services.queue_repos_missing_commits(
+                grace=timedelta(seconds=settings.MISSING_COMMIT_GRACE)))
+            self._housekeep("drop empty hidden shares", services.drop_empty_hidden_shares)
+            self._housekeep("collect old tombstones", lambda: services.collect_tombstones(
+                retention=timedelta(seconds=settings.TOMBSTONE_RETENTION)))
         if now >= self._next_log:
             self._log(now)
+
+    def _housekeep(self, what: str, task: Callable[[], object]) -> None:
+        try:
+            task()
+        except (DatabaseError, psycopg.Error) as exc:
+            logger.warning("could not %s: %s", what, _describe(exc))
+            _close_connection()
 
     def _advance_cursor(self) -> None:
         try:
             mark = stream.low_water_mark(self.client)
             if mark is not None:
-                advance_durable_cursor(seq=mark)
+                advance_durable_cursor(generation=mark.generation, seq=mark.seq)
         except (redis.RedisError, DatabaseError, psycopg.Error) as exc:
             logger.warning("could not advance the durable cursor: %s", _describe(exc))
             _close_connection()

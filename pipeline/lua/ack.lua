@@ -3,7 +3,9 @@
 -- entries this call acknowledged (XACK returned 1): an entry committed twice (a redelivery after a crash
 -- between commit and ack, or a claim of a slow worker's entry) is counted once.
 -- KEYS: stream, metrics, second bucket, minute bucket, dead letters, latency histogram.
--- ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket), then
+-- ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket, reason:
+-- "" or why a commit was not applied, counted as errors:<reason>; filtered: record writes of collections that
+-- COLLECTION_FILTERS leaves out, counted in "filtered" once there are some), then
 -- m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first), then the
 -- event types cluster:metrics counts: each of them, totalEvents and errors exist from the first call, at 0.
 local group = ARGV[1]
@@ -12,6 +14,7 @@ local m = tonumber(ARGV[3])
 local counts = {}
 local total = 0
 local errors = 0
+local filtered = 0
 local latencies = {}
 local i = 7
 for _ = 1, n do
@@ -20,8 +23,13 @@ for _ = 1, n do
     errors = errors + tonumber(ARGV[i + 2])
     counts[ARGV[i + 1]] = (counts[ARGV[i + 1]] or 0) + 1
     if ARGV[i + 3] ~= '' then latencies[ARGV[i + 3]] = (latencies[ARGV[i + 3]] or 0) + 1 end
+    if ARGV[i + 4] ~= '' then
+      local reason = 'errors:' .. ARGV[i + 4]
+      counts[reason] = (counts[reason] or 0) + 1
+    end
+    filtered = filtered + tonumber(ARGV[i + 5])
   end
-  i = i + 4
+  i = i + 6
 end
 for _ = 1, m do
   local nfields = tonumber(ARGV[i + 5])
@@ -44,12 +52,15 @@ end
 -- HINCRBY by 0 creates a missing field at 0: readers of the hash see every counter from the first flush.
 redis.call('HINCRBY', KEYS[2], 'totalEvents', total)
 redis.call('HINCRBY', KEYS[2], 'errors', errors)
+if filtered > 0 then redis.call('HINCRBY', KEYS[2], 'filtered', filtered) end
 for j = i, #ARGV do
   redis.call('HINCRBY', KEYS[2], ARGV[j], counts[ARGV[j]] or 0)
   counts[ARGV[j]] = nil
 end
 for name, count in pairs(counts) do
-  if string.sub(name, 1, 1) == '#' then redis.call('HINCRBY', KEYS[2], name, count) end
+  if string.sub(name, 1, 1) == '#' or string.sub(name, 1, 7) == 'errors:' then
+    redis.call('HINCRBY', KEYS[2], name, count)
+  end
 end
 if total > 0 then
   redis.call('INCRBY', KEYS[3], total)

@@ -146,6 +146,7 @@
     renderRecords(snap.records);
     $("records-note").hidden = snap.databaseAvailable !== false;
     renderWorkers(snap.workers);
+    renderBackfill(snap.backfill);
     renderChart();
     $("last-update").dateTime = snap.lastUpdate;
     setText("last-update", new Date(snap.lastUpdate).toLocaleTimeString());
@@ -226,6 +227,27 @@
       ),
     );
     $("workers").replaceChildren(...(rows.length ? rows : [row([["No workers reporting", "", 5]], "empty")]));
+  }
+
+  const BACKFILL_STATES = {
+    none: "no run yet", running: "running", finished: "finished", stopped: "stopped", stale: "not reporting",
+  };
+
+  function renderBackfill(backfill) {
+    if (!backfill) return;
+    const label = $("backfill-state");
+    label.dataset.state = backfill.state;
+    label.className = `pill ${backfill.state === "running" ? "pill-live" : backfill.state === "stale" ? "pill-wait" : ""}`;
+    setText("backfill-state", BACKFILL_STATES[backfill.state] || backfill.state);
+    const total = backfill.reposTotal;
+    $("backfill-bar").style.width = `${total ? Math.min(100, (backfill.reposDone / total) * 100) : 0}%`;
+    setText("backfill-repos", total ? `${integer.format(backfill.reposDone)} / ${integer.format(total)}` : "—");
+    setText("backfill-in-progress", integer.format(backfill.reposInProgress));
+    setText("backfill-failed", integer.format(backfill.reposFailed));
+    $("backfill-failed").classList.toggle("bad-text", backfill.reposFailed > 0);
+    setText("backfill-records", integer.format(backfill.records));
+    setText("backfill-rate", backfill.state === "none" ? "—" : integer.format(Math.round(backfill.recordsPerSecond)));
+    setText("backfill-eta", backfill.etaSeconds === null ? "—" : duration(backfill.etaSeconds));
   }
 
   /* A young system: from shortly before its first traffic, rather than a whole window of zeros. */

@@ -1,7 +1,10 @@
-"""``manage.py run_relay_sim``: a local relay serving subscribeRepos (see relaysim.relay_server)."""
+"""``manage.py run_relay_sim``: a local relay serving subscribeRepos (see relaysim.relay_server); with
+``--signed``, also the PLC directory, PDS and DNS server of the simulated accounts (relaysim.signed,
+relaysim.pds), and with ``--mirror-port`` a second relay serving the same events under other seqs."""
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import signal
@@ -11,10 +14,16 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from relaysim.pds import LocalNetwork
 from relaysim.relay_server import PATH, PREFETCH_EVENTS, Faults, RelayOptions, RelaySimulator
+from relaysim.signed import COMMIT_FAULTS, CommitFault, SignedFirehose
 from relaysim.simulation import SyntheticFirehose, load_replay, write_recording
 
 logger = logging.getLogger("relaysim")
+
+# Signed events change the repositories the PDS serves as they are made: encoding few ahead keeps the PDS
+# close to what the relay has sent, as a real PDS is.
+SIGNED_PREFETCH_EVENTS = 1000
 
 
 def _non_negative(kind: type[int] | type[float]) -> Any:
@@ -63,6 +72,19 @@ class Command(BaseCommand):
         parser.add_argument("--error-after", type=count, default=0, help="ConsumerTooSlow and close after N events")
         parser.add_argument("--rewind-every", type=count, default=0, help="re-send the last 3 events every N")
         parser.add_argument("--log-interval", type=real, default=5.0)
+        parser.add_argument("--signed", action="store_true",
+                            help="real signed repositories, served by a local PLC directory, PDS and DNS server")
+        parser.add_argument("--pds-port", type=count, default=0, help="with --signed (0: a free port)")
+        parser.add_argument("--plc-port", type=count, default=0, help="with --signed (0: a free port)")
+        parser.add_argument("--dns-port", type=count, default=0, help="with --signed, UDP (0: a free port)")
+        parser.add_argument(
+            "--commit-fault", action="append", default=[], metavar="KIND=every:N|at:N",
+            help=f"with --signed, spoil every Nth commit or the Nth only; KIND: {', '.join(COMMIT_FAULTS)}",
+        )
+        parser.add_argument("--mirror-port", type=count, default=None,
+                            help="a second relay on this port serving the same events (a relay switch)")
+        parser.add_argument("--mirror-seq-offset", type=int, default=1_000_000,
+                            help="added to the seqs of the second relay's events")
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Ctrl-C before the event loop's signal handlers are in place (during start-up) is a stop too.
@@ -72,16 +94,26 @@ class Command(BaseCommand):
     def _run(self, options: dict[str, Any]) -> None:
         if options["start_seq"] < 1:
             raise CommandError("--start-seq must be at least 1")
+        if options["replay"] is not None and options["signed"]:
+            raise CommandError("--signed makes synthetic events: it does not go with --replay")
+        if options["commit_fault"] and not options["signed"]:
+            raise CommandError("--commit-fault needs --signed")
+        mirror = options["mirror_port"] is not None
+        if mirror and options["start_seq"] + options["mirror_seq_offset"] < 1:
+            raise CommandError("--start-seq plus --mirror-seq-offset must be at least 1")
         if options["record"] is not None:
             self._record(options)
             return
-        source, first_seq = self._source(options)
+        generator = None if options["replay"] is not None else self._synthetic(options)
+        source, first_seq = self._source(options, generator)
+        prefetch = SIGNED_PREFETCH_EVENTS if options["signed"] else PREFETCH_EVENTS
         relay_options = RelayOptions(
             rate=options["rate"],
             backlog_bytes=max(1, int(options["backlog_mb"] * 1024 * 1024)),
-            start_immediately=options["start_immediately"],
+            # Two relays draw on one source: both emit from the start, so that neither holds back the other.
+            start_immediately=options["start_immediately"] or mirror,
             log_interval=max(options["log_interval"], 0.1),
-            prefetch_events=0 if options["wall_clock"] else PREFETCH_EVENTS,
+            prefetch_events=0 if options["wall_clock"] else prefetch,
             faults=Faults(
                 drop_every=options["drop_every"],
                 malformed_every=options["malformed_every"],
@@ -91,21 +123,41 @@ class Command(BaseCommand):
                 rewind_every=options["rewind_every"],
             ),
         )
-        simulator = RelaySimulator(source, options=relay_options, first_seq=first_seq)
-        asyncio.run(
-            self._serve(
-                simulator,
-                options["host"],
-                options["port"],
-                prefill=(options["events"] is not None or options["replay"] is not None) and not options["wall_clock"],
-            )
-        )
+        relays: list[tuple[RelaySimulator, int]] = []
+        if mirror:
+            source, mirrored = itertools.tee(source)
+            offset = options["mirror_seq_offset"]
+            mirror_options = dataclasses.replace(relay_options, seq_offset=offset)
+            relays.append((RelaySimulator(mirrored, options=mirror_options, first_seq=first_seq + offset),
+                           options["mirror_port"]))
+        relays.insert(0, (RelaySimulator(source, options=relay_options, first_seq=first_seq), options["port"]))
+        prefill = (options["events"] is not None or options["replay"] is not None) and not options["wall_clock"]
+        if not isinstance(generator, SignedFirehose):
+            asyncio.run(self._serve(relays, options["host"], prefill=prefill))
+            return
+        with self._network(generator, options):
+            asyncio.run(self._serve(relays, options["host"], prefill=prefill))
 
-    def _source(self, options: dict[str, Any]) -> tuple[Iterator[tuple[int | None, bytes]], int]:
+    def _network(self, generator: SignedFirehose, options: dict[str, Any]) -> LocalNetwork:
+        """The PLC directory, PDS and DNS server of the signed accounts, listening (``with`` starts them)."""
+        try:
+            network = LocalNetwork(generator.accounts, pds_port=options["pds_port"], plc_port=options["plc_port"],
+                                   dns_port=options["dns_port"])
+        except OSError as exc:
+            raise CommandError(f"cannot start the PLC, PDS and DNS servers: {exc.strerror or exc}") from None
+        self.stdout.write(f"relay-sim PLC directory at {network.plc.url}")
+        self.stdout.write(f"relay-sim PDS at {network.pds.url}, named {network.accounts.pds_url} in DID documents")
+        self.stdout.write("relay-sim DNS (TXT _atproto.<handle>) at udp://{}:{}".format(*network.dns.address))
+        environment = " ".join(f"{name}={value}" for name, value in network.indexer_environment().items())
+        self.stdout.write(f"relay-sim indexer environment: {environment}")
+        return network
+
+    def _source(self, options: dict[str, Any],
+                generator: SyntheticFirehose | None) -> tuple[Iterator[tuple[int | None, bytes]], int]:
         replay: Path | None = options["replay"]
-        if replay is None:
-            generator = self._synthetic(options)
+        if generator is not None:
             return generator.frames(options["events"]), options["start_seq"]
+        assert replay is not None
         try:
             frames = load_replay(replay, include_dropped=options["replay_all"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -119,6 +171,14 @@ class Command(BaseCommand):
     @staticmethod
     def _synthetic(options: dict[str, Any]) -> SyntheticFirehose:
         try:
+            if options["signed"]:
+                return SignedFirehose(
+                    seed=options["seed"],
+                    start_seq=options["start_seq"],
+                    actors=options["actors"],
+                    wall_clock=options["wall_clock"],
+                    faults=[CommitFault.parse(text) for text in options["commit_fault"]],
+                )
             return SyntheticFirehose(
                 seed=options["seed"],
                 start_seq=options["start_seq"],
@@ -135,7 +195,7 @@ class Command(BaseCommand):
         written = write_recording(options["record"], (frame for _, frame in generator.frames(options["events"])))
         self.stdout.write(f"recorded {written} frames to {options['record']}")
 
-    async def _serve(self, simulator: RelaySimulator, host: str, port: int, *, prefill: bool) -> None:
+    async def _serve(self, relays: list[tuple[RelaySimulator, int]], host: str, *, prefill: bool) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -143,7 +203,7 @@ class Command(BaseCommand):
         if prefill:
             # A bounded stream is encoded before the port opens: once it accepts connections,
             # serving costs only the sending.
-            encoding = asyncio.create_task(simulator.prefill(max_events=None))
+            encoding = asyncio.gather(*(relay.prefill(max_events=None) for relay, _ in relays))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait((encoding, stopping), return_when=asyncio.FIRST_COMPLETED)
             stopping.cancel()
@@ -151,13 +211,21 @@ class Command(BaseCommand):
                 encoding.cancel()
                 logger.info("relay-sim: stopped while encoding ahead")
                 return
-            logger.info("relay-sim: %d events encoded ahead", encoding.result())
+            logger.info("relay-sim: %d events encoded ahead", encoding.result()[0])
+        started: list[RelaySimulator] = []
         try:
-            actual_port = await simulator.start(host, port)
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        self.stdout.write(f"relay-sim listening on ws://{host}:{actual_port}{PATH}")
-        self.stdout.flush()
-        await stop.wait()
-        logger.info("relay-sim: stopping")
-        await simulator.stop()
+            for relay, port in relays:
+                try:
+                    actual_port = await relay.start(host, port)
+                except OSError as exc:
+                    raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+                started.append(relay)
+                offset = relay.options.seq_offset
+                numbering = f" (seqs {offset:+d})" if offset else ""
+                self.stdout.write(f"relay-sim listening on ws://{host}:{actual_port}{PATH}{numbering}")
+            self.stdout.flush()
+            await stop.wait()
+            logger.info("relay-sim: stopping")
+        finally:
+            for relay in started:
+                await relay.stop()
