@@ -172,7 +172,7 @@ def main() -> None:
         "|---|---|---|---|",
         f"| one worker, verification off, events/s | {off['rate']:,.0f} (worker {off['worker_us']:.0f} µs,"
         f" PostgreSQL {off['postgres_us']:.0f} µs per event) | (rev ordering against the code before it:"
-        " bench/worker_bench.py on both, below) | |",
+        " bench/worker_bench.py on both, see the text) | |",
         f"| one worker, verification on, events/s | {on['rate']:,.0f} (worker {on['worker_us']:.0f} µs,"
         f" PostgreSQL {on['postgres_us']:.0f} µs per event) | >= {TARGETS['on_rate']:,} |"
         f" {'yes' if on['rate'] >= TARGETS['on_rate'] else 'no'} |",
