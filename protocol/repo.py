@@ -238,6 +238,22 @@ class VerifiedRepository:
         return None if span is None else bytes(self.car[span[0]:span[1]])
 
 
+def check_export_commit(block: bytes | None, did: str, key: PublicKey | None) -> SignedCommit:
+    """The commit of a repository export (the block of the CAR's root, None when missing), checked: it names
+    ``did``, has a TID rev (version 3) and is signed by ``key`` (None skips the signature only). Raises
+    ``SyncError``."""
+    if block is None:
+        raise SyncError("commit-invalid", "the commit block (the CAR's root) is not in the CAR")
+    commit = read_commit(block)
+    if commit.did != did:
+        raise SyncError("repo-mismatch", "the signed commit names another repository")
+    if commit.version == COMMIT_VERSION and not syntax.is_tid(commit.rev):
+        raise SyncError("rev-mismatch", "the commit's rev is not a TID")
+    if key is not None and not key.verify(commit.unsigned_bytes(), commit.sig):
+        raise SyncError("bad-signature", "the commit's signature does not verify with the repository's key")
+    return commit
+
+
 def verify_repository(car: Buffer, did: str, key: PublicKey | None) -> VerifiedRepository:
     """Checks a whole repository export: every block's CID, the commit (the CAR's root) naming ``did``
     and signed by ``key`` (None skips the signature only), and the MST: canonical, every node and record
@@ -252,16 +268,7 @@ def verify_repository(car: Buffer, did: str, key: PublicKey | None) -> VerifiedR
         raise SyncError("car-invalid", "the CAR names no root")
     check_block_cids(car, spans)
     load = _block_source(car, spans)
-    commit_block = load(roots[0])
-    if commit_block is None:
-        raise SyncError("commit-invalid", "the commit block (the CAR's root) is not in the CAR")
-    commit = read_commit(commit_block)
-    if commit.did != did:
-        raise SyncError("repo-mismatch", "the signed commit names another repository")
-    if commit.version == COMMIT_VERSION and not syntax.is_tid(commit.rev):
-        raise SyncError("rev-mismatch", "the commit's rev is not a TID")
-    if key is not None and not key.verify(commit.unsigned_bytes(), commit.sig):
-        raise SyncError("bad-signature", "the commit's signature does not verify with the repository's key")
+    commit = check_export_commit(load(roots[0]), did, key)
     records: list[tuple[str, bytes]] = []
     try:
         for path, cid in walk(commit.data, load):

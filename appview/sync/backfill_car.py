@@ -19,12 +19,11 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from protocol import syntax
 from protocol.car import Buffer, CarError, car_roots, read_varint
 from protocol.cid import SHA2_256_PREFIX
 from protocol.crypto import PublicKey
 from protocol.mst import MissingBlockError, MstError, walk
-from protocol.repo import COMMIT_VERSION, SignedCommit, SyncError, read_commit
+from protocol.repo import SignedCommit, SyncError, check_export_commit
 
 # CIDv1 with a one-byte codec and a sha2-256 multihash (every block of the network), and CIDv0 (a bare multihash).
 _CID_V1_LENGTH = 36
@@ -224,14 +223,5 @@ def open_repository(car: Buffer, did: str, key: PublicKey | None) -> StreamedRep
     index = CarIndex(car)
     if not index.roots:
         raise SyncError("car-invalid", "the CAR names no root")
-    commit_block = index.block(index.roots[0])
-    if commit_block is None:
-        raise SyncError("commit-invalid", "the commit block (the CAR's root) is not in the CAR")
-    commit = read_commit(commit_block)
-    if commit.did != did:
-        raise SyncError("repo-mismatch", "the signed commit names another repository")
-    if commit.version == COMMIT_VERSION and not syntax.is_tid(commit.rev):
-        raise SyncError("rev-mismatch", "the commit's rev is not a TID")
-    if key is not None and not key.verify(commit.unsigned_bytes(), commit.sig):
-        raise SyncError("bad-signature", "the commit's signature does not verify with the repository's key")
+    commit = check_export_commit(index.block(index.roots[0]), did, key)
     return StreamedRepository(did=did, commit=commit, index=index)
