@@ -23,11 +23,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -93,6 +94,12 @@ def push_frames(frames: list[tuple[int, bytes]]) -> None:
 def run_worker(batch_size: int) -> tuple[float, float, float]:
     """Seconds from start to exit, seconds from the first acknowledged batch to the last, and peak RSS in
     MB of ``run_worker --drain``."""
+    # The worker's log goes to a file: a pipe read only after its exit would fill up and block its logging.
+    with tempfile.TemporaryFile() as log:
+        return _run_worker(batch_size, log)
+
+
+def _run_worker(batch_size: int, log: IO[bytes]) -> tuple[float, float, float]:
     from pipeline import redis_store
 
     client = redis_store.connect()
@@ -100,7 +107,7 @@ def run_worker(batch_size: int) -> tuple[float, float, float]:
     process = subprocess.Popen(
         [sys.executable, str(BASE_DIR / "manage.py"), "run_worker", "--drain", "--consumer", "bench",
          "--batch-size", str(batch_size)],
-        cwd=BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=BASE_DIR, stdout=log, stderr=subprocess.STDOUT,
     )
     watched = psutil.Process(process.pid)
     postgres = PostgresProcesses(BENCH_DB)
@@ -132,7 +139,8 @@ def run_worker(batch_size: int) -> tuple[float, float, float]:
         time.sleep(SAMPLE_SECONDS)
     elapsed = time.perf_counter() - started
     CPU["sampler"] = time.process_time() - sampler_cpu
-    output = process.stdout.read().decode()  # type: ignore[union-attr]
+    log.seek(0)
+    output = log.read().decode(errors="replace")
     if process.returncode != 0:
         raise SystemExit(f"run_worker failed:\n{output[-3000:]}")
     steady = (last[1] - first[1]) / (last[0] - first[0]) if first and last[0] > first[0] else 0.0
