@@ -9,6 +9,8 @@
   504 when one is cancelled.
 - ``StaticFilesMiddleware`` serves the static files (WhiteNoise) without taking async requests out of the
   event loop.
+- ``ReadApiMiddleware`` hands the read API's requests (``/xrpc/``) to its view past Django's own middlewares,
+  giving their answers the same security headers.
 """
 
 import logging
@@ -16,10 +18,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import (
     BadRequest,
+    DisallowedHost,
     PermissionDenied,
     RequestDataTooBig,
     SuspiciousOperation,
@@ -28,8 +31,14 @@ from django.core.exceptions import (
 )
 from django.db import DatabaseError, DataError, OperationalError, connection
 from django.http import HttpRequest, HttpResponse
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.urls import Resolver404, ResolverMatch, resolve
 from django.views import defaults
 from whitenoise.middleware import WhiteNoiseMiddleware
+
+from config import security
+from xrpc.views import json_response
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +203,62 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         if static_file is not None:
             return await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
         return await self.get_response(request)  # type: ignore[misc]
+
+
+class ReadApiMiddleware(DualModeMiddleware):
+    """Sends each read API request (``/xrpc/``) straight to its view, past the middlewares after this one.
+
+    Under daphne, Django runs each hook of each of its own middlewares (security, sessions, common, CSRF,
+    authentication, messages, frame options) in a thread and comes back: a dozen thread hops per request,
+    which cost the read API more CPU than its queries (docs/benchmarks.md, "Read API: findings"). The read API
+    uses no session, cookie, user or message; what it does need of them is done here, in place: the Host check
+    (``CommonMiddleware``'s), ``SecurityMiddleware``'s redirect and headers, frame denial and the
+    Content-Security-Policy, so that its answers carry the headers every other answer carries."""
+
+    def __init__(self, get_response: GetResponse) -> None:
+        super().__init__(get_response)
+        # Used for their hooks only, which read the request and set headers.
+        self.security = SecurityMiddleware(get_response)
+        self.frames = XFrameOptionsMiddleware(get_response)
+        self.policy = security.policy_header(settings.SECURE_CSP)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        match = _read_api_route(request)
+        if match is None:
+            return self.get_response(request)
+        response = self._before(request) or async_to_sync(match.func)(request, **match.kwargs)
+        return self._after(request, response)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        match = _read_api_route(request)
+        if match is None:
+            return await self.get_response(request)  # type: ignore[misc]
+        response = self._before(request) or await match.func(request, **match.kwargs)
+        return self._after(request, response)
+
+    def _before(self, request: HttpRequest) -> HttpResponse | None:
+        try:
+            request.get_host()
+        except DisallowedHost as exc:
+            logging.getLogger("django.security.DisallowedHost").warning("%s: %s", request.path[:200], exc)
+            return json_response({"error": "InvalidRequest", "message": "This server does not serve that host"}, 400)
+        return self.security.process_request(request)
+
+    def _after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response = self.security.process_response(request, response)
+        response = self.frames.process_response(request, response)
+        response.headers.setdefault(security.HEADER, self.policy)
+        return response
+
+
+def _read_api_route(request: HttpRequest) -> ResolverMatch | None:
+    if not request.path_info.startswith(SELF_GUARDED_PATH_PREFIXES):
+        return None
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return None
+    request.resolver_match = match  # for the request metrics' labels
+    return match

@@ -52,6 +52,8 @@ MIDDLEWARE = [
     "config.request_metrics.request_metrics_middleware",
     # Before any view or other middleware acts on the URL: a NUL in it answers 400 (SPEC section 14).
     "config.middleware.RejectMalformedRequestsMiddleware",
+    # Before Django's own middlewares, which the read API's requests skip (config/middleware.py says why).
+    "config.middleware.ReadApiMiddleware",
     "config.middleware.WebStatementTimeoutMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "config.security.content_security_policy_middleware",

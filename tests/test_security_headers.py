@@ -5,6 +5,7 @@ from html.parser import HTMLParser
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib import admin
 from django.test import Client
@@ -16,13 +17,43 @@ pytestmark = pytest.mark.django_db
 HSTS = "Strict-Transport-Security"
 
 
-@pytest.mark.parametrize("path", ["/", "/api/metrics", "/healthz", "/admin/login/", "/no-such-page"])
-def test_it_sends_the_security_headers_on_every_kind_of_answer(client: Client, path: str) -> None:
-    response = client.get(path)
+# The read API's requests skip Django's own middlewares (config.middleware.ReadApiMiddleware): its answers,
+# found or not, are listed beside the others.
+PATHS = ["/", "/api/metrics", "/healthz", "/admin/login/", "/no-such-page",
+         "/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody", "/xrpc/no.such.method"]
+
+
+def assert_security_headers(response: Any) -> None:
     assert response["Content-Security-Policy"] == policy_header(settings.SECURE_CSP)
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["X-Frame-Options"] == "DENY"
     assert response["Referrer-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_it_sends_the_security_headers_on_every_kind_of_answer(client: Client, path: str) -> None:
+    assert_security_headers(client.get(path))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_it_sends_the_security_headers_when_served_asynchronously_as_under_daphne(async_client: Any,
+                                                                                  path: str) -> None:
+    assert_security_headers(async_to_sync(async_client.get)(path))
+
+
+def test_it_refuses_a_host_it_does_not_serve_on_the_read_api_too(client: Client) -> None:
+    response = client.get("/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    assert response.json()["error"] == "InvalidRequest"
+    assert_security_headers(response)
+
+
+def test_it_redirects_the_read_api_to_https_when_told_to(client: Client, settings: Any) -> None:
+    settings.SECURE_SSL_REDIRECT = True
+    response = client.get("/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody")
+    assert response.status_code == 301
+    assert response["Location"].startswith("https://")
+    assert client.get("/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody", secure=True).status_code == 400
 
 
 def test_it_allows_scripts_styles_and_connections_from_the_site_only(client: Client) -> None:

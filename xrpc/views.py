@@ -30,7 +30,7 @@ from xrpc.queries import QUERIES
 logger = logging.getLogger(__name__)
 
 
-def _response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
+def json_response(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> HttpResponse:
     response = HttpResponse(orjson.dumps(body), status=status, content_type="application/json; charset=utf-8")
     for name, value in (headers or {}).items():
         response[name] = value
@@ -83,33 +83,33 @@ def _run(query: Callable[[dict[str, Any]], dict[str, Any]], values: dict[str, An
 def _call(nsid: str, query: Callable[[dict[str, Any]], dict[str, Any]], request: HttpRequest) -> HttpResponse:
     limit = _rate_limit(request.META.get("REMOTE_ADDR") or "unknown")
     if not limit.allowed:
-        return _response({"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}, 429, limit.headers)
+        return json_response({"error": "RateLimitExceeded", "message": "Rate Limit Exceeded"}, 429, limit.headers)
     try:
         values = params.parse(nsid, request.GET)
-        return _response(_run(query, values), headers=limit.headers)
+        return json_response(_run(query, values), headers=limit.headers)
     except XrpcError as exc:
-        return _response(exc.body(), exc.status, limit.headers)
+        return json_response(exc.body(), exc.status, limit.headers)
     except SuspiciousOperation as exc:  # a query string Django refuses to parse (TooManyFieldsSent)
-        return _response({"error": "InvalidRequest", "message": str(exc)}, 400, limit.headers)
+        return json_response({"error": "InvalidRequest", "message": str(exc)}, 400, limit.headers)
     except DatabaseError as exc:
         if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
-            return _response({"error": "UpstreamTimeout", "message": "The query took too long"}, 504, limit.headers)
+            return json_response({"error": "UpstreamTimeout", "message": "The query took too long"}, 504, limit.headers)
         logger.warning("%s: database unavailable: %s", nsid, exc)
-        return _response({"error": "InternalServerError", "message": "The index is unavailable"}, 503,
+        return json_response({"error": "InternalServerError", "message": "The index is unavailable"}, 503,
                          limit.headers)
 
 
 async def xrpc(request: HttpRequest, nsid: str) -> HttpResponse:
     query = QUERIES.get(nsid)
     if query is None:
-        response = _response({"error": "MethodNotImplemented", "message": "Method Not Implemented"}, 501)
+        response = json_response({"error": "MethodNotImplemented", "message": "Method Not Implemented"}, 501)
         # A client's typo, not a server fault: keep django.request from logging this 5xx as an ERROR.
         response._has_been_logged = True  # type: ignore[attr-defined]
         return response
     if request.method not in ("GET", "HEAD"):
-        return _response({"error": "InvalidRequest", "message": "Incorrect HTTP method (GET expected)"}, 405)
+        return json_response({"error": "InvalidRequest", "message": "Incorrect HTTP method (GET expected)"}, 405)
     try:
         return await sync_to_async(_call, thread_sensitive=False)(nsid, query, request)
     except Exception:
         logger.exception("%s failed", nsid)
-        return _response({"error": "InternalServerError", "message": "Internal Server Error"}, 500)
+        return json_response({"error": "InternalServerError", "message": "Internal Server Error"}, 500)
