@@ -1,3 +1,4 @@
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -31,3 +32,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# What start-up made (Django, the apps, daphne's and Twisted's modules) lives as long as the process. Frozen,
+# it leaves the full collections, which walked all of it: 70 ms each, a stall that made the read API's
+# slowest answers (docs/benchmarks.md, "Read API").
+gc.freeze()
