@@ -10,6 +10,7 @@ from django.db import connection
 from appview.indexing.worker import Worker
 from appview.models import Like
 from harness.events import push
+from identity import services as identity_services
 from pipeline import redis_store
 from pipeline.cursor import advance_durable_cursor, claim_generation
 from pipeline.models import IndexCursor
@@ -231,3 +232,15 @@ def test_it_creates_every_cluster_counter_at_0_with_its_first_acknowledgement() 
     # Readers (the dashboard, /metrics, scripts running HGETALL) find every field, the ones still at 0 too.
     assert metrics(client) == {"totalEvents": 3, "#commit": 3, "#identity": 0, "#account": 0, "#sync": 0,
                                "errors": 0}
+
+
+def test_it_logs_its_throughput_and_identity_lookups(caplog: pytest.LogCaptureFixture) -> None:
+    push(redis_store.connect(), likes(1, 10))
+    worker = make_worker("logging", batch_size=10)
+    worker.step()
+    identity_services.stats()  # counts since the last call: none from this test before the line
+    with caplog.at_level("INFO", logger="appview.indexing.worker"):
+        worker._log(time.monotonic())
+    (line,) = [record.getMessage() for record in caplog.records if "events in" in record.getMessage()]
+    assert line.startswith("worker logging: 10 events in ")
+    assert line.endswith("identities: 0 from memory, 0 from PostgreSQL, 0 fetched, 0 failed")

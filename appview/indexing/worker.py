@@ -402,9 +402,13 @@ class Worker:
         processed, errors, since = self._logged
         elapsed = max(now - since, 1e-9)
         done = self.stats.processed - processed
-        logger.info("worker %s: %d events in %.1f s (%.0f/s), %d errors, %d dead letters, p95 batch %.0f ms",
+        lookups = identity.stats()
+        failures = sum(count for name, count in lookups.items() if name.startswith("failures:"))
+        logger.info("worker %s: %d events in %.1f s (%.0f/s), %d errors, %d dead letters, p95 batch %.0f ms;"
+                    " identities: %d from memory, %d from PostgreSQL, %d fetched, %d failed",
                     self.consumer, done, elapsed, done / elapsed, self.stats.errors - errors, self.stats.dead,
-                    self.stats.p95_ms() or 0.0)
+                    self.stats.p95_ms() or 0.0, lookups.get("memory_hits", 0), lookups.get("db_hits", 0),
+                    lookups.get("resolutions", 0), failures)
         self._logged = (self.stats.processed, self.stats.errors, now)
         self._next_log = now + LOG_SECONDS
 
