@@ -72,6 +72,9 @@ class HostedAccounts:
     statuses: dict[str, str] = field(default_factory=dict)  # did -> deactivated/takendown/suspended; absent: active
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # did -> DID document (LocalPlc)
     tombstoned: set[str] = field(default_factory=set)  # deleted DIDs (LocalPlc answers 410)
+    # The last documents of deleted DIDs: what an indexer that followed the stream live had cached when it
+    # checked their commits (bench/sync_bench.py warms its cache with them).
+    former_documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     handles: dict[str, str] = field(default_factory=dict)  # handle -> did (LocalDns's TXT answers)
     lock: threading.RLock = field(default_factory=threading.RLock)
 

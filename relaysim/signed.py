@@ -165,7 +165,8 @@ class SignedFirehose(SyntheticFirehose):
         did = self._dids[actor]
         accounts = self.accounts
         with accounts.lock:
-            del accounts.repos[did], accounts.documents[did]
+            del accounts.repos[did]
+            accounts.former_documents[did] = accounts.documents.pop(did)
             accounts.statuses.pop(did, None)
             accounts.handles.pop(self._handles[actor], None)
             accounts.tombstoned.add(did)
