@@ -72,6 +72,7 @@ import psycopg
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.markdown import write_section  # noqa: E402
 from bench.worker_bench import PostgresProcesses, cpu_seconds  # noqa: E402
 from harness.servers import (  # noqa: E402
     connect,
@@ -1520,13 +1521,6 @@ def plan_summary(plans: list[EndpointPlans]) -> list[str]:
                 + (f" **sequential scans: {', '.join(flagged)}**." if flagged else " no Seq Scan on a big table."))
         lines += [f"- {problem}" for problem in endpoint.problems]
     return lines
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Read API\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

@@ -40,6 +40,7 @@ import psutil
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.markdown import write_section  # noqa: E402
 from bench.worker_bench import PostgresProcesses, copy_ceiling, cpu_seconds  # noqa: E402
 from harness.servers import database_name, scratch_database  # noqa: E402
 
@@ -303,14 +304,6 @@ def report(args: argparse.Namespace, many: Run, copy_seconds: float, copy_rows: 
               "time, PostgreSQL steps in wall time of the statements):", "", "| step | µs/record |", "|---|---|"]
     lines += [f"| {name} | {value:.1f} |" for name, value in parts.items()]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{SECTION_TITLE}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else (
-        text.rstrip("\n") + "\n\n" + section)
-    path.write_text(text)
 
 
 def main() -> None:

@@ -34,6 +34,9 @@ import psutil
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
+
+from bench.markdown import write_section  # noqa: E402
+
 BENCH_DB = "appview_worker_bench"
 # Databases that benchmarks create and drop themselves (this one, bench/e2e.py's scratch copies): the only
 # ones whose tables the COPY ceiling may truncate.
@@ -300,13 +303,6 @@ def truncate() -> None:
 
     with connection.cursor() as cur:
         cur.execute(f"TRUNCATE {', '.join(record_tables())}")
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Worker\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 def main() -> None:
