@@ -211,8 +211,8 @@ class ReadApiMiddleware(DualModeMiddleware):
     Under daphne, Django runs each hook of each of its own middlewares (security, sessions, common, CSRF,
     authentication, messages, frame options) in a thread and comes back: a dozen thread hops per request,
     which cost the read API more CPU than its queries (docs/benchmarks.md, "Read API: findings"). The read API
-    uses no session, cookie, user or message; what it does need of them is done here, in place: the Host check
-    (``CommonMiddleware``'s), ``SecurityMiddleware``'s redirect and headers, frame denial and the
+    uses no session, cookie, user or message; what it does need of them is done here, in place: the Host check and
+    Content-Length (``CommonMiddleware``'s), ``SecurityMiddleware``'s redirect and headers, frame denial and the
     Content-Security-Policy, so that its answers carry the headers every other answer carries."""
 
     def __init__(self, get_response: GetResponse) -> None:
@@ -247,6 +247,8 @@ class ReadApiMiddleware(DualModeMiddleware):
         return self.security.process_request(request)
 
     def _after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if not response.streaming and not response.has_header("Content-Length"):  # as CommonMiddleware does
+            response.headers["Content-Length"] = str(len(response.content))
         response = self.security.process_response(request, response)
         response = self.frames.process_response(request, response)
         response.headers.setdefault(security.HEADER, self.policy)

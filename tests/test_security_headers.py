@@ -48,6 +48,12 @@ def test_it_refuses_a_host_it_does_not_serve_on_the_read_api_too(client: Client)
     assert_security_headers(response)
 
 
+@pytest.mark.parametrize("path", PATHS[-2:])
+def test_it_sends_the_read_api_answers_with_their_length(async_client: Any, path: str) -> None:
+    response = async_to_sync(async_client.get)(path)
+    assert int(response["Content-Length"]) == len(response.content) > 0
+
+
 def test_it_redirects_the_read_api_to_https_when_told_to(client: Client, settings: Any) -> None:
     settings.SECURE_SSL_REDIRECT = True
     response = client.get("/xrpc/app.bsky.actor.getProfile?actor=did:plc:nobody")
