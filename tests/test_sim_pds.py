@@ -193,8 +193,11 @@ def test_it_serves_consistent_repositories_while_the_simulator_changes_them() ->
         reader = threading.Thread(target=fetch_all)
         reader.start()
         try:
-            for _ in firehose.frames(3000):
-                pass
+            # At least 3,000 events, and on until the reader has checked a hundred exports taken meanwhile
+            # (how many it takes during 3,000 events depends on the machine's speed).
+            produced = 0
+            while produced < 3000 or (fetched <= 100 and produced < 100_000):
+                produced += sum(1 for _ in firehose.frames(100))
         finally:
             done.set()
             reader.join(timeout=30)
