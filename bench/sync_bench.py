@@ -216,10 +216,10 @@ indexer. The MST inversion decodes every node on the path of each op (fanout 4: 
 records is 6 levels deep) and re-encodes the changed ones, in Python. In the worker, verification adds more than
 the checks' own cost: the keys of each batch are looked up, and the reader thread that checks the next batch and
 the thread that indexes the current one contend for the interpreter lock. The target asks for 10,000 events/s
-on these 2 cores: at the CPU per event measured here (the worker's and PostgreSQL's together) that is already
-all of both cores, so no split of the work across processes reaches it here; what would is less CPU per commit
-(the MST inversion and node decoding in native code, the signature excepted) together with verification in
-processes of their own, or more cores: verification is stateless per commit."""
+on these 2 cores: at the CPU per event measured here (the worker's and PostgreSQL's together) that needs nearly
+all of both cores, while the worker alone is bound by one; what would reach it is less CPU per commit (the MST
+inversion and node decoding in native code, the signature excepted) together with verification in processes of
+its own, or more cores: verification is stateless per commit."""
 
 if __name__ == "__main__":
     main()
