@@ -219,7 +219,7 @@ class ReadApiMiddleware(DualModeMiddleware):
         super().__init__(get_response)
         # Used for their hooks only, which read the request and set headers.
         self.security = SecurityMiddleware(get_response)
-        self.frames = XFrameOptionsMiddleware(get_response)
+        self.frame_options = XFrameOptionsMiddleware(get_response)
         self.policy = security.policy_header(settings.SECURE_CSP)
 
     def __call__(self, request: HttpRequest) -> Any:
@@ -250,7 +250,7 @@ class ReadApiMiddleware(DualModeMiddleware):
         if not response.streaming and not response.has_header("Content-Length"):  # as CommonMiddleware does
             response.headers["Content-Length"] = str(len(response.content))
         response = self.security.process_response(request, response)
-        response = self.frames.process_response(request, response)
+        response = self.frame_options.process_response(request, response)
         response.headers.setdefault(security.HEADER, self.policy)
         return response
 
