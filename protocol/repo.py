@@ -10,7 +10,7 @@ the previous tree's root, ``prevData``. Failures raise ``SyncError``, whose ``re
 """
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +254,21 @@ def check_export_commit(block: bytes | None, did: str, key: PublicKey | None) ->
     return commit
 
 
+def tree_records(root: bytes, load: BlockSource) -> Iterator[tuple[str, bytes]]:
+    """("collection/rkey", record CID) of the tree at ``root`` in key order, checking on the way that the MST is
+    the canonical one. Raises ``SyncError`` ("missing-block" for a node not available, "mst-invalid") at the first
+    fault: a caller keeps nothing of a repository until the iteration has ended."""
+    try:
+        for path, cid in walk(root, load):
+            yield path.decode(), cid
+    except MissingBlockError:
+        raise SyncError("missing-block", "an MST node block is missing from the CAR") from None
+    except UnicodeDecodeError:
+        raise SyncError("mst-invalid", "an MST key is not UTF-8") from None
+    except MstError as exc:
+        raise SyncError("mst-invalid", str(exc)) from None
+
+
 def verify_repository(car: Buffer, did: str, key: PublicKey | None) -> VerifiedRepository:
     """Checks a whole repository export: every block's CID, the commit (the CAR's root) naming ``did``
     and signed by ``key`` (None skips the signature only), and the MST: canonical, every node and record
@@ -270,15 +285,8 @@ def verify_repository(car: Buffer, did: str, key: PublicKey | None) -> VerifiedR
     load = _block_source(car, spans)
     commit = check_export_commit(load(roots[0]), did, key)
     records: list[tuple[str, bytes]] = []
-    try:
-        for path, cid in walk(commit.data, load):
-            if cid not in spans:
-                raise SyncError("missing-block", f"the record block of {path.decode(errors='replace')} is missing")
-            records.append((path.decode(), cid))
-    except MissingBlockError:
-        raise SyncError("missing-block", "an MST node block is missing from the CAR") from None
-    except UnicodeDecodeError:
-        raise SyncError("mst-invalid", "an MST key is not UTF-8") from None
-    except MstError as exc:
-        raise SyncError("mst-invalid", str(exc)) from None
+    for path, cid in tree_records(commit.data, load):
+        if cid not in spans:
+            raise SyncError("missing-block", f"the record block of {path} is missing")
+        records.append((path, cid))
     return VerifiedRepository(commit_cid=roots[0], commit=commit, records=records, spans=spans, car=car)

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from protocol.car import Buffer, CarError, car_roots, read_varint
 from protocol.cid import SHA2_256_PREFIX
 from protocol.crypto import PublicKey
-from protocol.mst import MissingBlockError, MstError, walk
-from protocol.repo import SignedCommit, SyncError, check_export_commit
+from protocol.repo import SignedCommit, SyncError, check_export_commit, tree_records
 
 # CIDv1 with a one-byte codec and a sha2-256 multihash (every block of the network), and CIDv0 (a bare multihash).
 _CID_V1_LENGTH = 36
@@ -205,16 +204,7 @@ class StreamedRepository:
         """("collection/rkey", record CID) in key order, while checking that the MST is canonical and every
         record block present. Raises SyncError ("mst-invalid", "missing-block") at the first fault: a caller
         keeps nothing of a repository until the iteration has ended."""
-        block = self.index.block
-        try:
-            for path, cid in walk(self.commit.data, block):
-                yield path.decode(), cid
-        except MissingBlockError:
-            raise SyncError("missing-block", "an MST node block is missing from the CAR") from None
-        except UnicodeDecodeError:
-            raise SyncError("mst-invalid", "an MST key is not UTF-8") from None
-        except MstError as exc:
-            raise SyncError("mst-invalid", str(exc)) from None
+        yield from tree_records(self.commit.data, self.index.block)
 
 
 def open_repository(car: Buffer, did: str, key: PublicKey | None) -> StreamedRepository:
