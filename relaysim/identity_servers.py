@@ -49,8 +49,26 @@ class Request:
 Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
-class _Server:
-    """Start, stop and the context manager protocol of a socketserver run in a thread."""
+class Running:
+    """Something started and stopped (a server, a set of them): ``with`` starts it and stops it on the way out."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+
+class _Server(Running):
+    """Start and stop of a socketserver run in a thread."""
 
     def __init__(self, server: socketserver.BaseServer) -> None:
         self._server = server
@@ -68,14 +86,6 @@ class _Server:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):

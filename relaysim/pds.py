@@ -34,14 +34,13 @@ from bisect import bisect_right
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import libipld
 
 from protocol import syntax
-from relaysim.identity_servers import Answer, HttpService, LocalDns, LocalPlc
+from relaysim.identity_servers import Answer, HttpService, LocalDns, LocalPlc, Running
 
 PDS_HOST = "pds.sim.test"  # the PDS host name DID documents of the simulation name (https://pds.sim.test)
 CAR_TYPE = "application/vnd.ipld.car"
@@ -215,7 +214,7 @@ def _error(status: int, error: str, message: str) -> Answer:
     return status, {"Content-Type": "application/json"}, json.dumps({"error": error, "message": message}).encode()
 
 
-class LocalNetwork:
+class LocalNetwork(Running):
     """A PLC directory (``plc``), a PDS (``pds``) and a DNS server (``dns``) on loopback, all answering for
     ``accounts``: the DID documents name the PDS as ``accounts.pds_url``, which an indexer reaches through
     ``IDENTITY_HOST_OVERRIDES``, and handles resolve by DNS TXT. Ports 0: free ones."""
@@ -249,11 +248,3 @@ class LocalNetwork:
     def stop(self) -> None:
         for server in (self.plc, self.pds, self.dns):
             server.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
