@@ -1,5 +1,6 @@
 """One settings module; every value can be set from the environment (SPEC section 2)."""
 
+import os
 import re
 from pathlib import Path
 
@@ -194,6 +195,9 @@ for _pattern in COLLECTION_FILTERS:
 # Backfill (manage.py backfill, appview/sync/backfill.py): whole repositories loaded from their PDSes.
 BACKFILL_CONCURRENCY = env_int("BACKFILL_CONCURRENCY", 8, minimum=1, maximum=256)  # repositories fetched at once
 BACKFILL_PDS_CONCURRENCY = env_int("BACKFILL_PDS_CONCURRENCY", 4, minimum=1)  # of them from one PDS
+# Processes that verify and stage the repositories (the CPU-bound step); 0: the loader threads do it themselves.
+# One core is left to the backfill's own process (downloads, the writer) and PostgreSQL.
+BACKFILL_PROCESSES = env_int("BACKFILL_PROCESSES", max((os.cpu_count() or 1) - 1, 1), minimum=0, maximum=256)
 # Records (and repositories) written to PostgreSQL in one transaction: a COPY into staging tables, one merge.
 BACKFILL_BATCH_RECORDS = env_int("BACKFILL_BATCH_RECORDS", 20_000, minimum=1)
 BACKFILL_BATCH_REPOS = env_int("BACKFILL_BATCH_REPOS", 500, minimum=1)

@@ -98,9 +98,10 @@ def records_of(repo: SimRepo) -> list[tuple[str, str]]:
     return sorted((path, libipld.encode_cid(cid)) for path, cid in repo.records.items())
 
 
-def backfill(scope: Scope | None = None, *, concurrency: int = 4) -> Progress:
-    """One backfill run in this process, to its end."""
-    return Backfill(concurrency=concurrency).run(scope or Scope(relay=RELAY))
+def backfill(scope: Scope | None = None, *, concurrency: int = 4, processes: int | None = None) -> Progress:
+    """One backfill run in this process, to its end (``processes``: staging processes, BACKFILL_PROCESSES by
+    default)."""
+    return Backfill(concurrency=concurrency, processes=processes).run(scope or Scope(relay=RELAY))
 
 
 def states() -> dict[str, tuple[str, str]]:

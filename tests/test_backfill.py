@@ -44,13 +44,14 @@ def like(uri: str) -> dict[str, Any]:
             "subject": {"uri": uri, "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}}
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["staged in the loader threads", "in a staging process"])
 def test_it_stores_every_record_of_the_repositories_with_exact_aggregates(
-        settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: int) -> None:
     settings.VERIFY_COMMITS = True
     settings.BACKFILL_BATCH_RECORDS = 500  # several batches
     with local_network(settings, monkeypatch) as network:
         repos = generated(network, tmp_path, accounts=30, records=120, seed=1)
-        progress = backfill(Scope(dids=tuple(repos), relay=RELAY))
+        progress = backfill(Scope(dids=tuple(repos), relay=RELAY), processes=processes)
     assert (progress.done, progress.failed, progress.records) == (30, 0, 30 * 120)
     for did, records in repos.items():
         assert stored_records(did) == records
@@ -58,8 +59,9 @@ def test_it_stores_every_record_of_the_repositories_with_exact_aggregates(
     assert_aggregates_match_rows()
 
 
+@pytest.mark.parametrize("processes", [0, 1], ids=["staged in the loader threads", "in a staging process"])
 def test_it_stores_repositories_larger_than_a_batch_in_parts_new_or_already_stored(
-        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, processes: int) -> None:
     settings.VERIFY_COMMITS = True
     with local_network(settings, monkeypatch) as network:
         posts = [(f"app.bsky.feed.post/3laaaaaaa{index:03d}", post(f"post {index}")) for index in range(40)]
@@ -67,7 +69,7 @@ def test_it_stores_repositories_larger_than_a_batch_in_parts_new_or_already_stor
         follower = sim_repo(network, 2, [(f"app.bsky.graph.follow/3laaaaaaa{index:03d}", follow(repo.did))
                                          for index in range(3)])
         settings.BACKFILL_BATCH_RECORDS = 7  # parts of 7 records
-        backfill(Scope(dids=(repo.did, follower.did), relay=RELAY))
+        backfill(Scope(dids=(repo.did, follower.did), relay=RELAY), processes=processes)
         assert stored_records(repo.did) == records_of(repo)
         assert Actor.objects.get(did=repo.did).posts_count == 40
         # The repository changes; loaded again (no longer new: merged part by part), it is stored as it is now.
@@ -77,7 +79,7 @@ def test_it_stores_repositories_larger_than_a_batch_in_parts_new_or_already_stor
                    + [("create", f"app.bsky.feed.like/3lbbbbbbb{index:03d}", like(liked)) for index in range(12)],
                    rev="3lzzzzzzzzzz2")
         BackfillRepo.objects.filter(did=repo.did).update(state="pending", due_at=timezone.now())
-        progress = backfill(Scope(relay=RELAY))
+        progress = backfill(Scope(relay=RELAY), processes=processes)
     assert (progress.done, progress.records) == (1, 42)
     assert stored_records(repo.did) == records_of(repo)
     assert Post.objects.filter(did=repo.did, text="edited").count() == 5

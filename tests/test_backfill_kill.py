@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import psutil
 import pytest
 from django.conf import settings as django_settings
 from pytest_django.fixtures import Settings
@@ -60,11 +61,14 @@ def test_it_continues_after_a_sigkill_without_loading_a_stored_repository_again(
         first = start_backfill(network, did_file, log)
         try:
             wait_until_done(first, log, 8)
+            staging = psutil.Process(first.pid).children(recursive=True)
             first.kill()
             first.wait(timeout=10)
         finally:
             if first.poll() is None:
                 first.kill()
+        assert staging  # its staging processes (and their resource tracker) end with it
+        assert not psutil.wait_procs(staging, timeout=15)[1]
         stored_before = set(BackfillRepo.objects.filter(state="done").values_list("did", flat=True))
         assert len(stored_before) < ACCOUNTS
         restarted_at = time.monotonic()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import libipld
 from django.conf import settings
 
 from appview.indexing.collection_filter import is_stored
@@ -18,6 +19,7 @@ from appview.indexing.sanitize import Fields, RecordError, record_json
 from appview.indexing.tables import TableSpec, check_record_key, post_author
 from protocol import syntax
 from protocol.commit import RecordOp, commit_ops, commit_spans
+from protocol.dagcbor import decode_record
 from protocol.frames import FrameError, decode_frame, event_of
 from protocol.repo import SignedCommit, SyncError, verify_commit_event
 
@@ -156,6 +158,18 @@ def record_write(did: str, op: RecordOp, *, rev: str, seq: int, order: int) -> t
         logger.exception("%s skipped: its record broke the extractor", uri)
         return None, 1
     return write, int(bad)
+
+
+def stored_record_op(collection: str, rkey: str, cid: bytes, block: bytes) -> RecordOp | None:
+    """A record a repository holds, as the op that creates it; None when its block is no DAG-CBOR map (the
+    record is refused)."""
+    try:
+        record = decode_record(block)
+    except (ValueError, RecursionError, OverflowError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return RecordOp(action="create", collection=collection, rkey=rkey, cid=libipld.encode_cid(cid), record=record)
 
 
 def named_dids(write: RecordWrite) -> Iterator[str]:

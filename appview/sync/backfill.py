@@ -11,8 +11,10 @@ page by page in ``BackfillListing``), then loads every repository that is due un
 - ``concurrency`` loader threads resolve each DID to its PDS, download ``getRepo`` into a temporary file (at
   most BACKFILL_PDS_CONCURRENCY at once per PDS; 429 and 5xx answers back the PDS off, honouring
   ``Retry-After`` / ``RateLimit-Reset``), verify it while reading it (``backfill_car``: signature, every block's
-  CID, the MST) and turn its records into COPY rows (``backfill_store.RepoStager``, through ``record_write``:
-  the live path's typed columns, checks and COLLECTION_FILTERS);
+  CID, the MST) and turn its records into COPY rows (``backfill_stage``, through ``record_write``: the live
+  path's typed columns, checks and COLLECTION_FILTERS): in ``processes`` staging processes (BACKFILL_PROCESSES),
+  as that step is CPU-bound and threads run it on one core, except for an export too large to send through a
+  pipe, which its loader thread reads in place;
 - one writer thread stores the staged repositories in batches (``backfill_store.store_batch``): COPY, one
   merge per table, the batch's repositories marked done in the same transaction, so that a repository is
   stored once and a killed run loses only what it had not committed. Up to a batch of staged records waits
@@ -45,30 +47,30 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-import libipld
 from django.conf import settings
 from django.db import connection, transaction
 
-from appview.indexing.collection_filter import is_stored
-from appview.indexing.events import record_write
 from appview.models import BackfillListing, BackfillRepo, BackfillState
-from appview.sync.backfill_car import StreamedRepository, open_repository
-from appview.sync.backfill_store import RepoStager, StagedRepo, store_batch
+from appview.sync.backfill_car import open_repository
+from appview.sync.backfill_stage import (
+    STAGING_PROCESS_MAX_BYTES,
+    AbandonedError,
+    StagingPool,
+    StagingProcessError,
+    stage_repository,
+)
+from appview.sync.backfill_store import StagedRepo, store_batch
 from identity import services as identity
 from identity.outbound import Outbound, OutboundError
 from identity.services import IdentityError
 from pipeline import redis_store
 from protocol import syntax
-from protocol.commit import RecordOp
-from protocol.dagcbor import decode_record
-from protocol.repo import LEGACY_REV, SyncError
+from protocol.repo import SyncError
 
 logger = logging.getLogger(__name__)
 
 BACKFILL = BackfillRepo._meta.db_table
 LISTING = BackfillListing._meta.db_table
-# A repository exported before revs existed (commit version 2) is stored at the lowest TID: every commit made
-# since has a higher rev.
 LOG_SECONDS = 5.0
 IDLE_SECONDS = 0.2
 # The run waits for repositories due within this time (other runs' leases, retries); later ones are left to a
@@ -93,10 +95,6 @@ class BackfillError(Exception):
         self.reason = reason
         self.retry_after = retry_after
         self.requested = requested
-
-
-class AbandonedError(Exception):
-    """The run is stopping: the repository is left to a later run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +185,11 @@ class StagedQueue:
 class Backfill:
     """One run of ``manage.py backfill``."""
 
-    def __init__(self, *, concurrency: int) -> None:
+    def __init__(self, *, concurrency: int, processes: int | None = None) -> None:
         self.concurrency = concurrency
+        # A loader thread waits for the staging of one repository at a time: more processes would stay idle.
+        self.processes = min(settings.BACKFILL_PROCESSES if processes is None else processes, concurrency)
+        self._pool: StagingPool | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self.stop = False
         self.progress = Progress()
@@ -213,10 +214,14 @@ class Backfill:
 
     def run(self, scope: Scope) -> Progress:
         """Queues the scope, then loads every due repository until none is left or ``stop`` is set."""
-        logger.info("backfill %s: %s; %d at once, %d per PDS, batches of %d records", self.run_id, scope.describe(),
-                    self.concurrency, settings.BACKFILL_PDS_CONCURRENCY, settings.BACKFILL_BATCH_RECORDS)
+        logger.info("backfill %s: %s; %d at once, %d per PDS, %s, batches of %d records", self.run_id,
+                    scope.describe(), self.concurrency, settings.BACKFILL_PDS_CONCURRENCY,
+                    f"staged in {self.processes} processes" if self.processes else "staged in the loader threads",
+                    settings.BACKFILL_BATCH_RECORDS)
         queue_dids(scope.dids)
         self._count_queue()
+        if self.processes:
+            self._pool = StagingPool(self.processes)
         threads = [threading.Thread(target=self._load_loop, name=f"backfill-load-{n}", daemon=True)
                    for n in range(self.concurrency)]
         writer = threading.Thread(target=self._write_loop, name="backfill-write", daemon=True)
@@ -236,6 +241,8 @@ class Backfill:
             for thread in threads:
                 thread.join()
             self._loaders_done.set()
+            if self._pool is not None:
+                self._pool.close()
             writer.join()
             if listing is not None:
                 listing.join()
@@ -396,10 +403,19 @@ class Backfill:
         key = who.signing_key
         if settings.VERIFY_COMMITS and key is None:
             raise BackfillError("no-signing-key", "the DID document has no usable #atproto key")
+        if not settings.VERIFY_COMMITS:
+            key = None
         try:
             with self._download(who.pds, did) as car:
-                repository = open_repository(car, did, key if settings.VERIFY_COMMITS else None)
-                return self._stage(repository)
+                if self._pool is not None and len(car) <= STAGING_PROCESS_MAX_BYTES:
+                    *parts, staged = self._pool.stage(car[:], did, key)
+                    for part in parts:
+                        self._hand_over(part)
+                    return staged
+                return stage_repository(open_repository(car, did, key), hand_over=self._hand_over,
+                                        should_stop=lambda: self.stop)
+        except StagingProcessError as exc:
+            raise BackfillError("staging-process-died", str(exc)) from None
         except OutboundError as exc:
             reason = "rate-limited" if exc.status == 429 else exc.reason
             raise BackfillError(f"fetch-{reason}", exc.message, retry_after=exc.retry_after,
@@ -435,67 +451,6 @@ class Backfill:
             yield
         finally:
             slot.release()
-
-    def _stage(self, repository: StreamedRepository) -> StagedRepo:
-        """The repository's records as COPY rows. One larger than a batch is handed to the writer a part at a
-        time, once the whole repository has been checked (a fault found half way would leave its first parts
-        stored); the last part is returned."""
-        did = repository.did
-        rev = repository.rev or LEGACY_REV
-        stager = RepoStager(did, rev)
-        filters = settings.COLLECTION_FILTERS
-        valid_collections: dict[str, bool] = {}
-        block = repository.index.block
-        part_records = settings.BACKFILL_BATCH_RECORDS
-        refused = 0
-        try:
-            if repository.index.count > part_records:
-                for path, cid in repository.records():
-                    if cid not in repository.index:
-                        raise BackfillError("missing-block", f"the record block of {path[:200]} is missing")
-            for path, cid in repository.records():
-                collection, _, rkey = path.partition("/")
-                if not is_stored(collection, filters):
-                    continue
-                valid = valid_collections.get(collection)
-                if valid is None:
-                    valid = valid_collections[collection] = syntax.is_nsid(collection)
-                data = block(cid)
-                if data is None:
-                    raise BackfillError("missing-block", f"the record block of {path[:200]} is missing")
-                if not valid or not syntax.is_record_key(rkey):
-                    refused += 1
-                    continue
-                try:
-                    record = decode_record(data)
-                except (ValueError, RecursionError, OverflowError):
-                    refused += 1
-                    continue
-                if not isinstance(record, dict):
-                    refused += 1
-                    continue
-                op = RecordOp(action="create", collection=collection, rkey=rkey, cid=libipld.encode_cid(cid),
-                              record=record)
-                write, errors = record_write(did, op, rev=rev, seq=0, order=0)
-                if write is None:
-                    refused += errors
-                    continue
-                stager.add(write)
-                if self.stop:
-                    raise AbandonedError
-                if stager.staged.records >= part_records:
-                    part = stager.next_part()
-                    part.refused, refused = refused, 0
-                    self._hand_over(part)
-        except SyncError as exc:
-            stager.finish().close()
-            raise BackfillError(exc.reason, str(exc)) from None
-        except BaseException:
-            stager.finish().close()
-            raise
-        staged = stager.finish()
-        staged.refused = refused
-        return staged
 
     def _forget(self, did: str) -> None:
         with self._in_flight_lock:

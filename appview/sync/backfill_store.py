@@ -139,9 +139,7 @@ class _Spool:
     __slots__ = ("_file", "_lines", "_size", "rows")
 
     def __init__(self) -> None:
-        # Closed by close(), once the batch holding the repository is stored.
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_MEMORY_BYTES, prefix="backfill-")
+        self._file = _spool_file()
         self._lines: list[str] = []
         self._size = 0
         self.rows = 0
@@ -166,6 +164,21 @@ class _Spool:
 
     def close(self) -> None:
         self._file.close()
+
+    def __getstate__(self) -> tuple[bytes, int]:
+        """Its rows as bytes: a repository staged in a staging process reaches the writer through a pipe."""
+        return b"".join(self.chunks()), self.rows
+
+    def __setstate__(self, state: tuple[bytes, int]) -> None:
+        content, self.rows = state
+        self._file = _spool_file()
+        self._file.write(content)
+        self._lines, self._size = [], 0
+
+
+def _spool_file() -> IO[bytes]:
+    # Closed by _Spool.close(), once the batch holding the repository is stored.
+    return tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, prefix="backfill-")
 
 
 @dataclass(slots=True)

@@ -19,18 +19,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlencode
 
-import libipld
 from django.conf import settings
 from django.db import connection
 
 from appview.indexing import services
-from appview.indexing.events import RecordWrite, named_dids, record_write
+from appview.indexing.events import RecordWrite, named_dids, record_write, stored_record_op
 from appview.models import Actor, RepoSyncStatus
 from identity import services as identity
 from identity.outbound import Outbound, OutboundError
 from identity.services import IdentityError
-from protocol.commit import RecordOp
-from protocol.dagcbor import decode_record
 from protocol.repo import LEGACY_REV, SyncError, VerifiedRepository, verify_repository
 
 logger = logging.getLogger(__name__)
@@ -112,15 +109,10 @@ def store_repository(did: str, repo: VerifiedRepository) -> ResyncResult:
     dids: set[str] = {did}
     for order, (path, cid) in enumerate(repo.records):
         collection, _, rkey = path.partition("/")
-        try:
-            record = decode_record(repo.block(cid) or b"")
-        except (ValueError, RecursionError, OverflowError):
+        op = stored_record_op(collection, rkey, cid, repo.block(cid) or b"")
+        if op is None:
             errors += 1
             continue
-        if not isinstance(record, dict):
-            errors += 1
-            continue
-        op = RecordOp(action="create", collection=collection, rkey=rkey, cid=libipld.encode_cid(cid), record=record)
         write, bad = record_write(did, op, rev=rev, seq=0, order=order)
         errors += bad
         if write is None:

@@ -29,12 +29,17 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=settings.BACKFILL_CONCURRENCY,
                             help=f"repositories loaded at once (default BACKFILL_CONCURRENCY, "
                                  f"{settings.BACKFILL_CONCURRENCY})")
+        parser.add_argument("--processes", type=int, default=settings.BACKFILL_PROCESSES,
+                            help=f"processes that verify and stage repositories, 0 for none (default "
+                                 f"BACKFILL_PROCESSES, {settings.BACKFILL_PROCESSES})")
         parser.add_argument("--retry-failed", action="store_true",
                             help="try again the repositories that failed all their tries")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["concurrency"] < 1:
             raise CommandError("--concurrency must be at least 1")
+        if options["processes"] < 0:
+            raise CommandError("--processes must be 0 or more")
         if options["signal_collection"] and options["full_network"]:
             raise CommandError("--signal-collection and --full-network are two scopes: give one")
         collection = options["signal_collection"]
@@ -52,7 +57,7 @@ class Command(BaseCommand):
             raise CommandError(f"not DIDs: {', '.join(invalid[:5])}")
         scope = Scope(dids=tuple(dids), signal_collection=collection, full_network=options["full_network"],
                       relay=relay_http_url(options["relay"]))
-        backfill = Backfill(concurrency=options["concurrency"])
+        backfill = Backfill(concurrency=options["concurrency"], processes=options["processes"])
         if options["retry_failed"]:
             backfill.retry_failed()
 

@@ -1,0 +1,153 @@
+"""The CPU-bound step of backfill: a verified repository export turned into COPY rows (``stage_repository``),
+run either in the loader thread or in a pool of staging processes (``StagingPool``).
+
+Verifying and staging take most of a backfill's CPU (block hashes, the MST walk, DAG-CBOR decoding, typed
+columns and record checks), and the loader threads of one process run them one at a time under the interpreter
+lock: however many cores the machine has, a run staged in threads is bound to one. The pool runs the step for
+exports up to ``STAGING_PROCESS_MAX_BYTES`` in processes of their own and sends the staged rows back; a larger
+export is read in place by its loader thread (``backfill_car``), a part at a time, so that its memory stays
+bounded, and is the rare case.
+"""
+
+import multiprocessing
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from appview.indexing.collection_filter import is_stored
+from appview.indexing.events import record_write, stored_record_op
+from appview.sync.backfill_car import StreamedRepository, open_repository
+from appview.sync.backfill_store import RepoStager, StagedRepo
+from appview.sync.staging_process import start_staging_process
+from protocol import syntax
+from protocol.crypto import PublicKey, parse_multikey
+from protocol.repo import LEGACY_REV, SyncError
+
+# Exports up to this size are staged in the pool: the export and its rows cross a pipe whole, so this bounds the
+# memory a staging process and the run spend on one repository (about 50,000 records).
+STAGING_PROCESS_MAX_BYTES = 16 * 1024 * 1024
+# The settings staging reads, handed to the staging processes as the run has them.
+STAGING_SETTINGS = ("COLLECTION_FILTERS", "BACKFILL_BATCH_RECORDS")
+
+
+class AbandonedError(Exception):
+    """The run is stopping: the repository is left to a later run."""
+
+
+class StagingProcessError(Exception):
+    """A staging process died (killed, out of memory) while it held the repository."""
+
+
+def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[StagedRepo], None],
+                     should_stop: Callable[[], bool]) -> StagedRepo:
+    """The repository's records as COPY rows, through ``record_write`` (the live path's typed columns, checks and
+    COLLECTION_FILTERS). One larger than a batch is handed over a part at a time, once the whole repository has
+    been checked (a fault found half way would leave its first parts stored); the last part is returned.
+    Raises SyncError (the MST, a missing block) or AbandonedError."""
+    did = repository.did
+    # An export from before revs (commit version 2) is stored at the lowest TID: every later commit is above it.
+    rev = repository.rev or LEGACY_REV
+    stager = RepoStager(did, rev)
+    filters = settings.COLLECTION_FILTERS
+    valid_collections: dict[str, bool] = {}
+    block = repository.index.block
+    part_records = settings.BACKFILL_BATCH_RECORDS
+    refused = 0
+    try:
+        if repository.index.count > part_records:
+            for path, cid in repository.records():
+                if cid not in repository.index:
+                    raise SyncError("missing-block", f"the record block of {path[:200]} is missing")
+        for path, cid in repository.records():
+            collection, _, rkey = path.partition("/")
+            if not is_stored(collection, filters):
+                continue
+            valid = valid_collections.get(collection)
+            if valid is None:
+                valid = valid_collections[collection] = syntax.is_nsid(collection)
+            data = block(cid)
+            if data is None:
+                raise SyncError("missing-block", f"the record block of {path[:200]} is missing")
+            if not valid or not syntax.is_record_key(rkey):
+                refused += 1
+                continue
+            op = stored_record_op(collection, rkey, cid, data)
+            if op is None:
+                refused += 1
+                continue
+            write, errors = record_write(did, op, rev=rev, seq=0, order=0)
+            if write is None:
+                refused += errors
+                continue
+            stager.add(write)
+            if should_stop():
+                raise AbandonedError
+            if stager.staged.records >= part_records:
+                part = stager.next_part()
+                part.refused, refused = refused, 0
+                hand_over(part)
+    except BaseException:
+        stager.finish().close()
+        raise
+    staged = stager.finish()
+    staged.refused = refused
+    return staged
+
+
+@dataclass(frozen=True, slots=True)
+class StagingFailure:
+    """A SyncError raised in a staging process, as it crosses the pipe."""
+
+    reason: str
+    message: str
+
+
+class StagingPool:
+    """``processes`` staging processes (spawned, each with Django set up and the run's staging settings) that
+    verify and stage exports for the loader threads; ``stage`` blocks the calling thread only."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._lock = threading.Lock()
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
+            initializer=start_staging_process,
+            initargs=({name: getattr(settings, name) for name in STAGING_SETTINGS},))
+
+    def stage(self, car: bytes, did: str, key: PublicKey | None) -> list[StagedRepo]:
+        """Verifies the export (``key`` None: not its signature) and stages it: its parts, the last one final.
+        Raises SyncError, or StagingProcessError (the pool then starts afresh for the next repositories)."""
+        executor = self._executor
+        try:
+            outcome = executor.submit(_stage_export, car, did, key.multikey() if key is not None else None).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._executor is executor:
+                    self._executor = self._start()
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise StagingProcessError("a staging process died (the pool starts afresh)") from None
+        if isinstance(outcome, StagingFailure):
+            raise SyncError(outcome.reason, outcome.message)
+        return outcome
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _stage_export(car: bytes, did: str, key: str | None) -> list[StagedRepo] | StagingFailure:
+    parts: list[StagedRepo] = []
+    try:
+        repository = open_repository(car, did, parse_multikey(key) if key is not None else None)
+        final = stage_repository(repository, hand_over=parts.append, should_stop=lambda: False)
+    except SyncError as exc:
+        for part in parts:
+            part.close()
+        return StagingFailure(exc.reason, str(exc))
+    return [*parts, final]
