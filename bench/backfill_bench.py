@@ -159,8 +159,8 @@ def breakdown(network: Any, dids: list[str], database_url: str, environment: dic
 
     from appview.indexing.events import record_write
     from appview.sync import backfill_store
-    from appview.sync.backfill import Backfill
     from appview.sync.backfill_car import open_repository
+    from appview.sync.backfill_stage import stage_repository
     from appview.sync.backfill_store import RepoStager
     from identity.outbound import Outbound
     from protocol.commit import RecordOp
@@ -217,9 +217,9 @@ def breakdown(network: Any, dids: list[str], database_url: str, environment: dic
             stager.finish().close()
 
     timed("COPY rows, actor DIDs and deltas (RepoStager)", rows)
-    loader = Backfill(concurrency=1)
     staged = timed("the loaders' whole step after the download (all the above, as they run it)",
-                   lambda: [loader._stage(open_repository(car, did, network.keys[did].public_key))
+                   lambda: [stage_repository(open_repository(car, did, network.keys[did].public_key),
+                                             hand_over=lambda part: None, should_stop=lambda: False)
                             for did, car in zip(dids, cars, strict=True)])
     with connection.cursor() as cur:
         cur.execute("INSERT INTO appview_backfillrepo (did, state, claimed_by) SELECT unnest(%s::text[]),"
@@ -284,7 +284,9 @@ def _statement_kind(sql: str) -> str:
 
 
 def variant_name(processes: int) -> str:
-    return f"{processes} staging processes" if processes else "staged in the loader threads"
+    if not processes:
+        return "staged in the loader threads"
+    return f"{processes} staging process{'es' if processes > 1 else ''}"
 
 
 def report(args: argparse.Namespace, runs: list[Run], copy_seconds: float, copy_rows: int, big: Run | None,
