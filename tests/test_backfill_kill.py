@@ -33,7 +33,7 @@ def start_backfill(network: Network, did_file: Path, log: Path, *, lease: int = 
         IDENTITY_HOST_OVERRIDES=",".join(f"{host}={address}:{port}" for host, (address, port) in overrides.items()),
         REDIS_URL=django_settings.REDIS_URL)
     return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "backfill", "--did-file", str(did_file),
-                             "--concurrency", "2"], cwd=ROOT, env=environment, stdout=log.open("ab"),
+                             "--concurrency", "2", "--processes", "1"], cwd=ROOT, env=environment, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT)
 
 
