@@ -106,6 +106,8 @@ def run_backfill(database_url: str, did_file: Path, environment: dict[str, str],
                     process_cpu = cpu_seconds(watched)
                     for child in watched.children(recursive=True):
                         with suppress(psutil.Error):
+                            if "spawn_main" not in " ".join(child.cmdline()):
+                                continue  # multiprocessing's resource tracker
                             staging_cpu[child.pid] = cpu_seconds(child)
                             staging_peak_kb[child.pid] = max(staging_peak_kb.get(child.pid, 0),
                                                              _peak_rss_kb(child.pid))
@@ -362,6 +364,8 @@ def main() -> None:
         import django
 
         django.setup()
+        from django.db import connection
+
         from relaysim.bulk_repos import generate_network
         from relaysim.pds import LocalNetwork
 
@@ -382,14 +386,12 @@ def main() -> None:
             for index, processes in enumerate(args.processes):
                 with scratch_database() as many_url:
                     runs.append(run_backfill(many_url, many_file, environment, args.concurrency, processes,
-                                             Path(directory) / "many.log"))
+                                             Path(directory) / f"many-{processes}.log"))
                     print(f"many: {runs[-1]}", flush=True)
                     if index == 0:
                         point_django_at(many_url)
                         copy_seconds, copy_rows = copy_ceiling()
                         print(f"raw COPY: {copy_rows:,} rows in {copy_seconds:.2f} s", flush=True)
-                        from django.db import connection
-
                         connection.close()
             big = None
             if args.big:
@@ -400,8 +402,6 @@ def main() -> None:
                 print(f"big: {big}", flush=True)
             parts = breakdown(network, dids[:args.breakdown], parts_url, environment) if args.breakdown else {}
             load_after = os.getloadavg()[0]
-        from django.db import connection
-
         connection.close()
         section = report(args, runs, copy_seconds, copy_rows, big, parts, (load_before, load_after))
         print(section)

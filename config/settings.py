@@ -198,7 +198,7 @@ BACKFILL_PDS_CONCURRENCY = env_int("BACKFILL_PDS_CONCURRENCY", 4, minimum=1)  # 
 # Processes that verify and stage the repositories (the CPU-bound step); 0: the loader threads do it themselves.
 # The backfill's own process (downloads, the writer) and PostgreSQL keep a core each: on two cores, staging
 # processes only add the cost of sending rows between processes (docs/benchmarks.md, Backfill).
-BACKFILL_PROCESSES = env_int("BACKFILL_PROCESSES", max((os.cpu_count() or 1) - 2, 0), minimum=0, maximum=256)
+BACKFILL_PROCESSES = env_int("BACKFILL_PROCESSES", max(len(os.sched_getaffinity(0)) - 2, 0), minimum=0, maximum=256)
 # Records (and repositories) written to PostgreSQL in one transaction: a COPY into staging tables, one merge.
 BACKFILL_BATCH_RECORDS = env_int("BACKFILL_BATCH_RECORDS", 20_000, minimum=1)
 BACKFILL_BATCH_REPOS = env_int("BACKFILL_BATCH_REPOS", 500, minimum=1)

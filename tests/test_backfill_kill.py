@@ -33,8 +33,8 @@ def start_backfill(network: Network, did_file: Path, log: Path, *, lease: int = 
         IDENTITY_HOST_OVERRIDES=",".join(f"{host}={address}:{port}" for host, (address, port) in overrides.items()),
         REDIS_URL=django_settings.REDIS_URL)
     return subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "backfill", "--did-file", str(did_file),
-                             "--concurrency", "2", "--processes", "1"], cwd=ROOT, env=environment, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT)
+                             "--concurrency", "2", "--processes", "1"],
+                            cwd=ROOT, env=environment, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def wait_until_done(process: subprocess.Popen[bytes], log: Path, count: int) -> None:
@@ -67,7 +67,8 @@ def test_it_continues_after_a_sigkill_without_loading_a_stored_repository_again(
         finally:
             if first.poll() is None:
                 first.kill()
-        assert staging  # its staging processes (and their resource tracker) end with it
+        # Its staging processes (and multiprocessing's resource tracker) end with it.
+        assert any("spawn_main" in " ".join(process.cmdline()) for process in staging)
         assert not psutil.wait_procs(staging, timeout=15)[1]
         stored_before = set(BackfillRepo.objects.filter(state="done").values_list("did", flat=True))
         assert len(stored_before) < ACCOUNTS

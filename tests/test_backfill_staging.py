@@ -1,7 +1,9 @@
 """The staging processes of backfill (appview.sync.backfill_stage): a repository staged in a process of the pool
 reaches the writer as the loader thread would have staged it; its faults come back as the same SyncErrors; a
-staging process that dies fails one repository, and the pool goes on."""
+staging process that dies fails what the pool held, and the pool goes on."""
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,16 @@ def in_thread(car: bytes, did: str, network: GeneratedNetwork) -> list[StagedRep
     return [*parts, final]
 
 
+def staging_processes() -> list[psutil.Process]:
+    """This process's staging processes (not multiprocessing's resource tracker)."""
+    return [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def contents(parts: list[StagedRepo]) -> list[tuple[object, ...]]:
     return [(part.did, part.rev, part.final, part.records, part.records_before, part.refused, part.generic,
              part.dids, dict(part.deltas), {key: b"".join(spool.chunks()) for key, spool in part.spools.items()})
@@ -45,7 +57,7 @@ def contents(parts: list[StagedRepo]) -> list[tuple[object, ...]]:
 def test_it_stages_in_a_process_what_the_loader_thread_stages(network: GeneratedNetwork, pool: StagingPool) -> None:
     for did, repo in network.repos.items():
         car = repo.export_car()
-        staged = pool.stage(car, did, network.keys[did].public_key)
+        staged = pool.stage(car, did, network.keys[did].public_key, should_stop=lambda: False)
         expected = in_thread(car, did, network)
         assert contents(staged) == contents(expected)
         records = sum(repo.counts.values())
@@ -61,20 +73,42 @@ def test_it_sends_a_fault_back_as_the_sync_error_the_loader_thread_would_raise(
     for spoiled, key, reason in [(car[:-7], network.keys[did].public_key, "car-invalid"),
                                  (car, network.keys[other].public_key, "bad-signature")]:
         with pytest.raises(SyncError) as failure:
-            pool.stage(spoiled, did, key)
+            pool.stage(spoiled, did, key, should_stop=lambda: False)
         assert failure.value.reason == reason
 
 
-def test_it_fails_one_repository_when_a_staging_process_dies_and_then_goes_on(
-        network: GeneratedNetwork, pool: StagingPool) -> None:
+def test_it_fails_what_it_held_when_a_staging_process_dies_and_then_goes_on(
+        pool: StagingPool, tmp_path: Path) -> None:
+    (tmp_path / "big").mkdir()
+    (tmp_path / "small").mkdir()
+    network = generate_network(tmp_path / "big", accounts=1, records=lambda index: 20_000, seed=8)
     did, repo = next(iter(network.repos.items()))
     car, key = repo.export_car(), network.keys[did].public_key
-    assert pool.stage(car, did, key)
-    children = [child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
-    assert len(children) == 1
-    for child in children:
-        child.kill()
-    psutil.wait_procs(children, timeout=10)
+    failure: list[BaseException] = []
+
+    def stage() -> None:
+        try:
+            pool.stage(car, did, key, should_stop=lambda: False)
+        except BaseException as exc:
+            failure.append(exc)
+
+    (process,) = staging_processes()
+    started = cpu_seconds(process)
+    staging = threading.Thread(target=stage)
+    staging.start()
+    deadline = time.monotonic() + 60
+    while cpu_seconds(process) < started + 0.2 and time.monotonic() < deadline:  # at work on the export (~1 s)
+        time.sleep(0.02)
+    process.kill()
+    staging.join(timeout=60)
+    assert len(failure) == 1 and isinstance(failure[0], StagingProcessError)
+    small, *_ = generate_network(tmp_path / "small", accounts=1, records=lambda index: 30, seed=9).repos.items()
+    parts = pool.stage(small[1].export_car(), small[0], None, should_stop=lambda: False)
+    assert sum(part.records for part in parts) == 30
+
+
+def test_it_stops_the_run_at_once_when_its_staging_processes_cannot_start(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "no_such_settings_module")
     with pytest.raises(StagingProcessError):
-        pool.stage(car, did, key)
-    assert contents(pool.stage(car, did, key)) == contents(in_thread(car, did, network))
+        StagingPool(1)

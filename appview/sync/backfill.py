@@ -13,8 +13,8 @@ page by page in ``BackfillListing``), then loads every repository that is due un
   ``Retry-After`` / ``RateLimit-Reset``), verify it while reading it (``backfill_car``: signature, every block's
   CID, the MST) and turn its records into COPY rows (``backfill_stage``, through ``record_write``: the live
   path's typed columns, checks and COLLECTION_FILTERS): in ``processes`` staging processes (BACKFILL_PROCESSES),
-  as that step is CPU-bound and threads run it on one core, except for an export too large to send through a
-  pipe, which its loader thread reads in place;
+  as that step is CPU-bound and threads run it on one core, except for an export over 16 MB, which its loader
+  thread reads in place in bounded memory;
 - one writer thread stores the staged repositories in batches (``backfill_store.store_batch``): COPY, one
   merge per table, the batch's repositories marked done in the same transaction, so that a repository is
   stored once and a killed run loses only what it had not committed. Up to a batch of staged records waits
@@ -221,7 +221,10 @@ class Backfill:
         queue_dids(scope.dids)
         self._count_queue()
         if self.processes:
-            self._pool = StagingPool(self.processes)
+            try:
+                self._pool = StagingPool(self.processes)
+            except StagingProcessError as exc:
+                raise BackfillError("staging-processes", str(exc)) from None
         threads = [threading.Thread(target=self._load_loop, name=f"backfill-load-{n}", daemon=True)
                    for n in range(self.concurrency)]
         writer = threading.Thread(target=self._write_loop, name="backfill-write", daemon=True)
@@ -408,9 +411,14 @@ class Backfill:
         try:
             with self._download(who.pds, did) as car:
                 if self._pool is not None and len(car) <= STAGING_PROCESS_MAX_BYTES:
-                    *parts, staged = self._pool.stage(car[:], did, key)
-                    for part in parts:
-                        self._hand_over(part)
+                    *parts, staged = self._pool.stage(car[:], did, key, should_stop=lambda: self.stop)
+                    for index, part in enumerate(parts):
+                        try:
+                            self._hand_over(part)
+                        except AbandonedError:
+                            for left in (*parts[index + 1:], staged):
+                                left.close()
+                            raise
                     return staged
                 return stage_repository(open_repository(car, did, key), hand_over=self._hand_over,
                                         should_stop=lambda: self.stop)

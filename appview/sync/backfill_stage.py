@@ -6,15 +6,18 @@ columns and record checks), and the loader threads of one process run them one a
 lock: however many cores the machine has, a run staged in threads is bound to one. The pool runs the step for
 exports up to ``STAGING_PROCESS_MAX_BYTES`` in processes of their own and sends the staged rows back; a larger
 export is read in place by its loader thread (``backfill_car``), a part at a time, so that its memory stays
-bounded, and is the rare case.
+bounded, and is the rare case. When a staging process dies (killed, out of memory), the repositories the pool
+held fail as any failed load does (tried again after a backoff), and the pool starts afresh.
 """
 
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -30,6 +33,9 @@ from protocol.repo import LEGACY_REV, SyncError
 # Exports up to this size are staged in the pool: the export and its rows cross a pipe whole, so this bounds the
 # memory a staging process and the run spend on one repository (about 50,000 records).
 STAGING_PROCESS_MAX_BYTES = 16 * 1024 * 1024
+# Seconds the pool waits for its first process to start (Django's set-up), and between checks of a stopping run.
+STARTUP_SECONDS = 120.0
+WAIT_SECONDS = 0.2
 # The settings staging reads, handed to the staging processes as the run has them.
 STAGING_SETTINGS = ("COLLECTION_FILTERS", "BACKFILL_BATCH_RECORDS")
 
@@ -100,7 +106,8 @@ def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[Sta
 
 @dataclass(frozen=True, slots=True)
 class StagingFailure:
-    """A SyncError raised in a staging process, as it crosses the pipe."""
+    """A SyncError raised in a staging process, as it crosses the pipe (a SyncError itself cannot be unpickled:
+    its constructor takes two arguments, and a result that fails to unpickle breaks the whole pool)."""
 
     reason: str
     message: str
@@ -114,28 +121,56 @@ class StagingPool:
         self.processes = processes
         self._lock = threading.Lock()
         self._executor = self._start()
+        # Processes that cannot start (a broken set-up) would fail every repository of the run, a try at a time:
+        # the run stops at once instead.
+        try:
+            self._executor.submit(os.getpid).result(timeout=STARTUP_SECONDS)
+        except (BrokenProcessPool, TimeoutError) as exc:
+            self.close()
+            raise StagingProcessError(f"the staging processes did not start: {type(exc).__name__}") from None
 
     def _start(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
             initializer=start_staging_process,
-            initargs=({name: getattr(settings, name) for name in STAGING_SETTINGS},))
+            initargs=(os.getpid(), {name: getattr(settings, name) for name in STAGING_SETTINGS}))
 
-    def stage(self, car: bytes, did: str, key: PublicKey | None) -> list[StagedRepo]:
+    def stage(self, car: bytes, did: str, key: PublicKey | None, *,
+              should_stop: Callable[[], bool]) -> list[StagedRepo]:
         """Verifies the export (``key`` None: not its signature) and stages it: its parts, the last one final.
-        Raises SyncError, or StagingProcessError (the pool then starts afresh for the next repositories)."""
-        executor = self._executor
+        Raises SyncError; StagingProcessError when a staging process died while the pool held it (the pool then
+        starts afresh for the next repositories); AbandonedError when the run stops before a process took it."""
+        executor, future = self._submit(_stage_export, car, did, key.multikey() if key is not None else None)
         try:
-            outcome = executor.submit(_stage_export, car, did, key.multikey() if key is not None else None).result()
+            while True:
+                try:
+                    outcome = future.result(timeout=WAIT_SECONDS)
+                    break
+                except TimeoutError:
+                    if should_stop() and future.cancel():
+                        raise AbandonedError from None
         except BrokenProcessPool:
-            with self._lock:
-                if self._executor is executor:
-                    self._executor = self._start()
-            executor.shutdown(wait=False, cancel_futures=True)
-            raise StagingProcessError("a staging process died (the pool starts afresh)") from None
+            self._restart(executor)
+            raise StagingProcessError("a staging process died while the pool held this repository") from None
         if isinstance(outcome, StagingFailure):
             raise SyncError(outcome.reason, outcome.message)
         return outcome
+
+    def _submit(self, *job: Any) -> tuple[ProcessPoolExecutor, Future[Any]]:
+        executor = self._executor
+        try:
+            return executor, executor.submit(*job)
+        except BrokenProcessPool:  # a process died while idle: this job was never in the pool
+            executor = self._restart(executor)
+            return executor, executor.submit(*job)
+
+    def _restart(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is broken:
+                self._executor = self._start()
+            executor = self._executor
+        broken.shutdown(wait=False, cancel_futures=True)
+        return executor
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -146,8 +181,10 @@ def _stage_export(car: bytes, did: str, key: str | None) -> list[StagedRepo] | S
     try:
         repository = open_repository(car, did, parse_multikey(key) if key is not None else None)
         final = stage_repository(repository, hand_over=parts.append, should_stop=lambda: False)
-    except SyncError as exc:
+    except BaseException as exc:
         for part in parts:
             part.close()
-        return StagingFailure(exc.reason, str(exc))
+        if isinstance(exc, SyncError):
+            return StagingFailure(exc.reason, str(exc))
+        raise
     return [*parts, final]

@@ -10,12 +10,12 @@ from typing import Any
 PARENT_CHECK_SECONDS = 1.0
 
 
-def start_staging_process(staging_settings: dict[str, Any]) -> None:
+def start_staging_process(parent: int, staging_settings: dict[str, Any]) -> None:
     """The signals are the run's to handle (it ends the pool); the process ends with its run, even one killed
     with SIGKILL; Django is set up with the run's staging settings (which tests change at run time)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     import django
     from django.conf import settings
