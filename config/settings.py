@@ -195,10 +195,10 @@ for _pattern in COLLECTION_FILTERS:
 # Backfill (manage.py backfill, appview/sync/backfill.py): whole repositories loaded from their PDSes.
 BACKFILL_CONCURRENCY = env_int("BACKFILL_CONCURRENCY", 8, minimum=1, maximum=256)  # repositories fetched at once
 BACKFILL_PDS_CONCURRENCY = env_int("BACKFILL_PDS_CONCURRENCY", 4, minimum=1)  # of them from one PDS
-# Processes that verify and stage the repositories (the CPU-bound step); 0: the loader threads do it themselves.
-# The backfill's own process (downloads, the writer) and PostgreSQL keep a core each: on two cores, staging
-# processes only add the cost of sending rows between processes (docs/benchmarks.md, Backfill).
-BACKFILL_PROCESSES = env_int("BACKFILL_PROCESSES", max(len(os.sched_getaffinity(0)) - 2, 0), minimum=0, maximum=256)
+# Processes that verify and stage the repositories (the CPU-bound step); 0: the loader threads do it themselves,
+# on one core. One core is left to the backfill's own process (downloads, the writer) and PostgreSQL; on two
+# cores one staging process was still 10% faster on average than none (docs/benchmarks.md, Backfill).
+BACKFILL_PROCESSES = env_int("BACKFILL_PROCESSES", max(len(os.sched_getaffinity(0)) - 1, 1), minimum=0, maximum=256)
 # Records (and repositories) written to PostgreSQL in one transaction: a COPY into staging tables, one merge.
 BACKFILL_BATCH_RECORDS = env_int("BACKFILL_BATCH_RECORDS", 20_000, minimum=1)
 BACKFILL_BATCH_REPOS = env_int("BACKFILL_BATCH_REPOS", 500, minimum=1)
