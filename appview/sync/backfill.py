@@ -216,7 +216,7 @@ class Backfill:
         """Queues the scope, then loads every due repository until none is left or ``stop`` is set."""
         logger.info("backfill %s: %s; %d at once, %d per PDS, %s, batches of %d records", self.run_id,
                     scope.describe(), self.concurrency, settings.BACKFILL_PDS_CONCURRENCY,
-                    f"staged in {self.processes} processes" if self.processes else "staged in the loader threads",
+                    f"{self.processes} staging process(es)" if self.processes else "staged in the loader threads",
                     settings.BACKFILL_BATCH_RECORDS)
         queue_dids(scope.dids)
         self._count_queue()

@@ -45,7 +45,8 @@ class AbandonedError(Exception):
 
 
 class StagingProcessError(Exception):
-    """A staging process died (killed, out of memory) while it held the repository."""
+    """The staging processes failed: one died (killed, out of memory) while the pool held the repository, or
+    none could start."""
 
 
 def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[StagedRepo], None],
