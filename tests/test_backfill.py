@@ -44,11 +44,15 @@ def like(uri: str) -> dict[str, Any]:
             "subject": {"uri": uri, "cid": "bafyreigaqcu4loopk4dkd57c6zulsivi6lnsrwkpyt5t3khnixglnvwx2i"}}
 
 
-@pytest.mark.parametrize("processes", [0, 1], ids=["staged in the loader threads", "in a staging process"])
+@pytest.mark.parametrize(("processes", "process_max_bytes"), [(0, None), (1, None), (1, 0)], ids=[
+    "staged in the loader threads", "in a staging process", "exports too large for the staging processes"])
 def test_it_stores_every_record_of_the_repositories_with_exact_aggregates(
-        settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: int) -> None:
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, processes: int,
+        process_max_bytes: int | None) -> None:
     settings.VERIFY_COMMITS = True
     settings.BACKFILL_BATCH_RECORDS = 500  # several batches
+    if process_max_bytes is not None:
+        monkeypatch.setattr("appview.sync.backfill.STAGING_PROCESS_MAX_BYTES", process_max_bytes)
     with local_network(settings, monkeypatch) as network:
         repos = generated(network, tmp_path, accounts=30, records=120, seed=1)
         progress = backfill(Scope(dids=tuple(repos), relay=RELAY), processes=processes)
