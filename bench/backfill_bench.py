@@ -221,7 +221,8 @@ def breakdown(network: Any, dids: list[str], database_url: str, environment: dic
     timed("COPY rows, actor DIDs and deltas (RepoStager)", rows)
     staged = timed("the loaders' whole step after the download (all the above, as they run it)",
                    lambda: [stage_repository(open_repository(car, did, network.keys[did].public_key),
-                                             hand_over=lambda part: None, should_stop=lambda: False)
+                                             hand_over=lambda part: None, should_stop=lambda: False,
+                                             check_tree_first=True)
                             for did, car in zip(dids, cars, strict=True)])
     with connection.cursor() as cur:
         cur.execute("INSERT INTO appview_backfillrepo (did, state, claimed_by) SELECT unnest(%s::text[]),"

@@ -14,7 +14,9 @@ from pytest_django.fixtures import Settings
 from appview.sync.backfill_car import open_repository
 from appview.sync.backfill_stage import StagingPool, StagingProcessError, stage_repository
 from appview.sync.backfill_store import StagedRepo
+from protocol.car import block_spans
 from protocol.repo import SyncError
+from protocol.testing import car_of_cids
 from relaysim.bulk_repos import GeneratedNetwork, generate_network
 
 
@@ -34,7 +36,7 @@ def pool(settings: Settings) -> Iterator[StagingPool]:
 def in_thread(car: bytes, did: str, network: GeneratedNetwork) -> list[StagedRepo]:
     parts: list[StagedRepo] = []
     final = stage_repository(open_repository(car, did, network.keys[did].public_key), hand_over=parts.append,
-                             should_stop=lambda: False)
+                             should_stop=lambda: False, check_tree_first=True)
     return [*parts, final]
 
 
@@ -75,6 +77,23 @@ def test_it_sends_a_fault_back_as_the_sync_error_the_loader_thread_would_raise(
         with pytest.raises(SyncError) as failure:
             pool.stage(spoiled, did, key, should_stop=lambda: False)
         assert failure.value.reason == reason
+
+
+def test_it_hands_over_no_part_of_a_repository_whose_last_record_block_is_missing(
+        network: GeneratedNetwork, pool: StagingPool) -> None:
+    did, repo = list(network.repos.items())[-1]  # 100 records: parts of 25
+    car, key = repo.export_car(), network.keys[did].public_key
+    *_, (_, last_record) = open_repository(car, did, key).records()
+    spans = block_spans(car)
+    spoiled = car_of_cids(open_repository(car, did, key).index.roots,
+                          ((cid, car[start:end]) for cid, (start, end) in spans.items() if cid != last_record))
+    handed_over: list[StagedRepo] = []
+    with pytest.raises(SyncError) as in_the_thread:
+        stage_repository(open_repository(spoiled, did, key), hand_over=handed_over.append,
+                         should_stop=lambda: False, check_tree_first=True)
+    with pytest.raises(SyncError) as in_the_pool:
+        pool.stage(spoiled, did, key, should_stop=lambda: False)
+    assert (in_the_thread.value.reason, in_the_pool.value.reason, handed_over) == ("missing-block", "missing-block", [])
 
 
 def test_it_fails_what_it_held_when_a_staging_process_dies_and_then_goes_on(

@@ -421,7 +421,7 @@ class Backfill:
                             raise
                     return staged
                 return stage_repository(open_repository(car, did, key), hand_over=self._hand_over,
-                                        should_stop=lambda: self.stop)
+                                        should_stop=lambda: self.stop, check_tree_first=True)
         except StagingProcessError as exc:
             raise BackfillError("staging-process-died", str(exc)) from None
         except OutboundError as exc:

@@ -50,11 +50,13 @@ class StagingProcessError(Exception):
 
 
 def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[StagedRepo], None],
-                     should_stop: Callable[[], bool]) -> StagedRepo:
+                     should_stop: Callable[[], bool], check_tree_first: bool) -> StagedRepo:
     """The repository's records as COPY rows, through ``record_write`` (the live path's typed columns, checks and
-    COLLECTION_FILTERS). One larger than a batch is handed over a part at a time, once the whole repository has
-    been checked (a fault found half way would leave its first parts stored); the last part is returned.
-    Raises SyncError (the MST, a missing block) or AbandonedError."""
+    COLLECTION_FILTERS). One larger than a batch is handed over a part at a time; the last part is returned.
+    ``check_tree_first``: parts reach the writer as they are handed over, so the whole tree is checked before the
+    first one is (a fault found half way would leave the first parts stored); a caller that keeps the parts until
+    staging has ended drops them at a fault, and spares that first walk. Raises SyncError (the MST, a missing
+    block) or AbandonedError."""
     did = repository.did
     # An export from before revs (commit version 2) is stored at the lowest TID: every later commit is above it.
     rev = repository.rev or LEGACY_REV
@@ -65,7 +67,7 @@ def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[Sta
     part_records = settings.BACKFILL_BATCH_RECORDS
     refused = 0
     try:
-        if repository.index.count > part_records:
+        if check_tree_first and repository.index.count > part_records:
             for path, cid in repository.records():
                 if cid not in repository.index:
                     raise SyncError("missing-block", f"the record block of {path[:200]} is missing")
@@ -181,7 +183,8 @@ def _stage_export(car: bytes, did: str, key: str | None) -> list[StagedRepo] | S
     parts: list[StagedRepo] = []
     try:
         repository = open_repository(car, did, parse_multikey(key) if key is not None else None)
-        final = stage_repository(repository, hand_over=parts.append, should_stop=lambda: False)
+        final = stage_repository(repository, hand_over=parts.append, should_stop=lambda: False,
+                                 check_tree_first=False)
     except BaseException as exc:
         for part in parts:
             part.close()
