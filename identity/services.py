@@ -61,6 +61,8 @@ _memory = cache.MemoryCache(MEMORY_CACHE_SIZE)
 _counters: Counter[str] = Counter()
 _counters_lock = threading.Lock()
 _in_flight: dict[str, _Resolution] = {}
+# Fresh fetches (``refreshed_signing_keys``): never answered by an earlier resolution or a stale document.
+_refreshing: dict[str, _Resolution] = {}
 _in_flight_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -99,6 +101,16 @@ def refresh_in_background(dids: Iterable[str]) -> None:
     for did in dict.fromkeys(dids):
         if _is_resolvable(did):
             _resolve_in_background(did, None)
+
+
+def refreshed_signing_keys(dids: Iterable[str], *, wait: float) -> dict[str, PublicKey | None]:
+    """The ``#atproto`` keys of ``dids`` from their DID documents fetched again now (a key may have been rotated
+    since the cached document), those known within ``wait`` seconds: a DID whose fetch fails or takes longer is
+    absent from the answer. The fetches go on in the background and update the caches."""
+    pending = {did: future for did in dict.fromkeys(dids)
+               if _is_resolvable(did) and (future := _resolve_in_background(did, None, fresh=True)) is not None}
+    futures.wait(pending.values(), timeout=wait)
+    return {did: future.result() for did, future in pending.items() if future.done() and future.exception() is None}
 
 
 def signing_keys(dids: Iterable[str], *, wait: float) -> dict[str, PublicKey | None]:
@@ -164,7 +176,7 @@ def stats() -> dict[str, int]:
 def pending_resolutions() -> int:
     """Resolutions started by ``signing_keys`` that are queued or running (a gauge, unlike ``stats``)."""
     with _in_flight_lock:
-        return len(_in_flight)
+        return len(_in_flight) + len(_refreshing)
 
 
 def _join(did: str, running: _Resolution) -> Identity:
@@ -224,23 +236,26 @@ def _remember_failure(did: str, error: IdentityError) -> None:
         _memory.put(did, cache.store_transient_failure(did, error, now=now))
 
 
-def _resolve_in_background(did: str, known: CacheEntry | None) -> Future[PublicKey | None] | None:
-    """The future key of ``did`` from a resolution started now or already running; None when too many are."""
+def _resolve_in_background(did: str, known: CacheEntry | None, *,
+                           fresh: bool = False) -> Future[PublicKey | None] | None:
+    """The future key of ``did`` from a resolution started now or already running; None when too many are.
+    ``fresh``: from the document fetched now, never from a resolution that started earlier or a stale document."""
     global _pool
+    flights = _refreshing if fresh else _in_flight
     with _in_flight_lock:
-        running = _in_flight.get(did)
+        running = flights.get(did)
         if running is not None:
             return running.key
-        if len(_in_flight) >= MAX_IN_FLIGHT:
+        if len(flights) >= MAX_IN_FLIGHT:
             return None
-        running = _in_flight[did] = _Resolution()
+        running = flights[did] = _Resolution()
         if _pool is None:
             _pool = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="identity")
-    _pool.submit(_background_resolution, did, known, running)
+    _pool.submit(_background_resolution, did, known, running, fresh)
     return running.key
 
 
-def _background_resolution(did: str, known: CacheEntry | None, running: _Resolution) -> None:
+def _background_resolution(did: str, known: CacheEntry | None, running: _Resolution, fresh: bool) -> None:
     def key_known(key: PublicKey | None) -> None:
         if not running.key.done():
             running.key.set_result(key)
@@ -248,7 +263,7 @@ def _background_resolution(did: str, known: CacheEntry | None, running: _Resolut
     # Connections of pool threads live as Django's request connections do (DB_CONN_MAX_AGE).
     close_old_connections()
     try:
-        identity = _from_network(did, known=known, use_stale=True, on_key=key_known)
+        identity = _from_network(did, known=known, use_stale=not fresh, on_key=key_known)
         key_known(identity.signing_key)
         running.identity.set_result(identity)
     except Exception as exc:  # the callers learn of any failure through the futures, and the thread lives on
@@ -259,7 +274,7 @@ def _background_resolution(did: str, known: CacheEntry | None, running: _Resolut
         running.identity.set_exception(exc)
     finally:
         with _in_flight_lock:
-            _in_flight.pop(did, None)
+            (_refreshing if fresh else _in_flight).pop(did, None)
         close_old_connections()
 
 

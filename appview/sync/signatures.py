@@ -3,16 +3,15 @@
 A commit is checked everywhere else while it is parsed (``events.parse_entry``); only its signature waits for
 the batch, so that the keys of all its repos are looked up together and a slow PLC costs a batch at most
 ``SIGNING_KEY_WAIT`` seconds. A repo whose key is still unknown then is queued for resync (its commit is not
-applied), as is one whose commit does not verify even with its DID document fetched again (the key may have
-been rotated since the cached document)."""
+applied), as is one whose commit does not verify even with its DID document fetched again within the same wait
+(the key may have been rotated since the cached document)."""
 
 import logging
+import time
 from collections.abc import Sequence
 
 from appview.indexing.events import ParsedEvent
 from identity import services as identity
-from identity.services import IdentityError
-from protocol.crypto import PublicKey
 from protocol.repo import SignedCommit
 
 logger = logging.getLogger(__name__)
@@ -28,6 +27,7 @@ def check_signatures(events: Sequence[ParsedEvent], *, wait: float) -> None:
     signed = [(event, event.signed) for event in events if event.signed is not None and event.sync_problem is None]
     if not signed:
         return
+    deadline = time.monotonic() + wait
     keys = identity.signing_keys({event.did for event, _ in signed}, wait=wait)
     failing: list[tuple[ParsedEvent, SignedCommit]] = []
     for event, commit in signed:
@@ -36,16 +36,12 @@ def check_signatures(events: Sequence[ParsedEvent], *, wait: float) -> None:
             _refuse(event, "no-signing-key")
         elif not key.verify(commit.unsigned_bytes(), commit.sig):
             failing.append((event, commit))
-    refreshed: dict[str, PublicKey | None] = {}
+    if not failing:
+        return
+    dids = list(dict.fromkeys(event.did for event, _ in failing))[:REFRESHES_PER_BATCH]
+    refreshed = identity.refreshed_signing_keys(dids, wait=max(deadline - time.monotonic(), 0.0))
     for event, commit in failing:
-        did = event.did
-        if did not in refreshed and len(refreshed) < REFRESHES_PER_BATCH:
-            try:
-                refreshed[did] = identity.refresh(did).signing_key
-            except IdentityError as exc:
-                logger.info("could not fetch the DID document of %s again: %s", did, exc)
-                refreshed[did] = None
-        key = refreshed.get(did)
+        key = refreshed.get(event.did)
         if key is None or not key.verify(commit.unsigned_bytes(), commit.sig):
             _refuse(event, "bad-signature")
 
