@@ -118,6 +118,23 @@ def test_it_follows_the_chain_of_since_revs_and_queues_a_repo_that_missed_a_comm
     assert (repo.sync_status, repo.sync_reason, repo.missing_revs) == ("desynchronized", "commits-missed", [])
 
 
+def test_it_queues_a_repo_whose_newest_commit_follows_an_older_rev_than_one_applied() -> None:
+    index((1, commit_frame(1, [("create", POST_PATH, post())])),
+          (2, commit_frame(2, [("update", POST_PATH, post("second"))], since=rev_of(1))))
+    # Commit 3 names commit 1 as the one before it: commit 2, applied, is not in its chain.
+    index((3, commit_frame(3, [("create", LIKE_PATH, like())], since=rev_of(1))))
+    repo = actor()
+    assert (repo.sync_status, repo.sync_reason, repo.rev) == ("desynchronized", "since-mismatch", rev_of(3))
+
+
+def test_it_does_not_queue_a_repo_for_commits_that_arrive_out_of_order() -> None:
+    index((1, commit_frame(1, [("create", POST_PATH, post())])),
+          (3, commit_frame(3, [("create", LIKE_PATH, like())], since=rev_of(2))),
+          (2, commit_frame(2, [("update", POST_PATH, post("second"))], since=rev_of(1))))
+    repo = actor()
+    assert (repo.sync_status, repo.missing_revs, repo.rev) == ("active", [], rev_of(3))
+
+
 def test_it_purges_a_deleted_account_and_resyncs_it_when_it_comes_back() -> None:
     index((1, commit_frame(1, [("create", POST_PATH, post())])))
     index((2, event_frame(2, "#account", active=False, status="deleted", time="2026-01-01T00:00:00Z")))

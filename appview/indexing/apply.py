@@ -327,6 +327,10 @@ def _update_sync_states(cur: Cursor[Any], folded: Folded, states: dict[str, Repo
             elif (rev is not None and since is not None and since > rev and since not in missing
                     and state.sync_status == RepoSyncStatus.ACTIVE):
                 missing.append(since)
+            # The newest commit follows one older than a rev applied: that rev is not in its chain (a fork, or
+            # a repository rewound), so what the index holds may not lead to it.
+            elif rev is not None and since is not None and since < rev < commit_rev:
+                reason = reason or "since-mismatch"
             if rev is None or commit_rev > rev:
                 rev = commit_rev
         if reason is None and folded.accounts.get(did, ("", False, ""))[1] and state.status == ActorStatus.DELETED:
