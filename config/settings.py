@@ -192,6 +192,17 @@ for _pattern in COLLECTION_FILTERS:
     if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)*(\.\*|\.[a-zA-Z][a-zA-Z0-9]*)", _pattern):
         raise ConfigError("COLLECTION_FILTERS", f"must list NSIDs or namespaces ending in .*, got {_pattern!r}")
 
+# Which repositories live indexing follows: "network" (every one the firehose carries) or "tracked" (those in the
+# backfill queue, in any state: the scopes of backfill runs; and a repository whose live commit writes
+# SIGNAL_COLLECTION, queued for backfill then). The others' events are counted (outOfScope) and skipped.
+LIVE_SCOPE = env_str("LIVE_SCOPE", "network")
+if LIVE_SCOPE not in ("network", "tracked"):
+    raise ConfigError("LIVE_SCOPE", f"must be network or tracked, got {LIVE_SCOPE!r}")
+SIGNAL_COLLECTION = env_str("SIGNAL_COLLECTION", "")
+if SIGNAL_COLLECTION and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)+\.[a-zA-Z][a-zA-Z0-9]*",
+                                          SIGNAL_COLLECTION):
+    raise ConfigError("SIGNAL_COLLECTION", f"must be an NSID, got {SIGNAL_COLLECTION!r}")
+
 # Backfill (manage.py backfill, appview/sync/backfill.py): whole repositories loaded from their PDSes.
 BACKFILL_CONCURRENCY = env_int("BACKFILL_CONCURRENCY", 8, minimum=1, maximum=256)  # repositories fetched at once
 BACKFILL_PDS_CONCURRENCY = env_int("BACKFILL_PDS_CONCURRENCY", 4, minimum=1)  # of them from one PDS

@@ -89,12 +89,15 @@ class Throughput(TypedDict):
 
 class SyncState(TypedDict):
     """Repositories out of sync by state (from PostgreSQL; {} while it does not answer), resyncs done and
-    failed, and the commits not applied, by reason (``errors:<reason>`` in cluster:metrics)."""
+    failed, the commits not applied, by reason (``errors:<reason>`` in cluster:metrics), the live record writes
+    COLLECTION_FILTERS left out and the live events of repositories LIVE_SCOPE left out."""
 
     repos: dict[str, int]
     resyncs: int
     resyncFailures: int
     commitsRefused: dict[str, int]
+    filtered: int
+    outOfScope: int
 
 
 class BackfillProgress(TypedDict):
@@ -305,6 +308,8 @@ def sync_state(counters: dict[str, int]) -> SyncState:
         "resyncFailures": counters.get("resyncFailures", 0),
         "commitsRefused": {name.removeprefix("errors:"): count for name, count in counters.items()
                            if name.startswith("errors:")},
+        "filtered": counters.get("filtered", 0),
+        "outOfScope": counters.get("outOfScope", 0),
     }
 
 

@@ -133,14 +133,16 @@ def test_it_hides_worker_hosts_and_pids_when_dashboard_show_hosts_is_off(client:
     assert worker["name"].startswith("worker-")
 
 
-def test_it_shows_repositories_out_of_sync_and_commits_refused_by_reason(client: Client) -> None:
+def test_it_shows_repositories_out_of_sync_commits_refused_by_reason_and_events_skipped(client: Client) -> None:
     Actor.objects.create(did="did:plc:resyncme", sync_status="desynchronized", resync_after=timezone.now())
     Actor.objects.create(did="did:plc:failedone", sync_status="error", resync_after=timezone.now())
     redis_store.connect().hset(redis_store.cluster_metrics(), mapping={
-        "errors": 3, "errors:bad-signature": 2, "errors:missing-block": 1, "resyncs": 5, "resyncFailures": 1})
+        "errors": 3, "errors:bad-signature": 2, "errors:missing-block": 1, "resyncs": 5, "resyncFailures": 1,
+        "filtered": 7, "outOfScope": 11})
 
     cache.delete(REPO_SYNC_CACHE_KEY)  # the counts of a snapshot built by an earlier test
     sync = client.get("/api/metrics").json()["sync"]
 
     assert sync == {"repos": {"desynchronized": 1, "resyncing": 0, "error": 1, "queued": 2}, "resyncs": 5,
-                    "resyncFailures": 1, "commitsRefused": {"bad-signature": 2, "missing-block": 1}}
+                    "resyncFailures": 1, "commitsRefused": {"bad-signature": 2, "missing-block": 1},
+                    "filtered": 7, "outOfScope": 11}

@@ -209,7 +209,7 @@ class StreamConsumer:
                            stream.SECOND_BUCKET_TTL, stream.MINUTE_BUCKET_TTL]
         for event in done:
             args += (event.entry_id, event.type, event.errors + (event.sync_problem is not None),
-                     latency_bucket(event, now), event.sync_problem or "", event.filtered)
+                     latency_bucket(event, now), event.sync_problem or "", event.filtered, int(event.out_of_scope))
         failed_at = f"{now:.3f}"
         for event, error in dead:
             args += (event.entry_id, event.type, error[:2000], self.consumer, failed_at, len(event.fields))

@@ -20,7 +20,7 @@ from appview.indexing.tables import TableSpec, check_record_key, post_author
 from protocol import syntax
 from protocol.commit import RecordOp, commit_ops, commit_spans
 from protocol.dagcbor import decode_record
-from protocol.frames import FrameError, decode_frame, event_of
+from protocol.frames import Frame, FrameError, decode_frame, event_of
 from protocol.repo import SignedCommit, SyncError, verify_commit_event
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ class ParsedEvent:
     identity_changed: bool = False  # #identity: the DID document is to be resolved again
     account: tuple[bool, str] | None = None  # #account: (active, status)
     purge_rev: str = ""  # #account deleted: the TID of its time (records older than it are the account's)
+    out_of_scope: bool = False  # of a repository live indexing does not follow (LIVE_SCOPE): skipped
 
     @property
     def usable(self) -> bool:
@@ -82,6 +83,16 @@ class ParsedEvent:
 def parse_entry(entry_id: bytes, fields: dict[bytes, bytes], *, verify: bool = False) -> ParsedEvent:
     """``verify``: check each commit as Sync v1.1 says (CIDs, blocks, the signed commit, the MST inversion);
     its signature is checked later, for the whole batch, once the keys are known (``signed``)."""
+    event, frame = read_entry(entry_id, fields)
+    if frame is not None:
+        parse_body(event, frame, verify=verify)
+    return event
+
+
+def read_entry(entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[ParsedEvent, Frame | None]:
+    """The event with only its type, seq and DID read, and its frame (None when the frame is unusable: the
+    event counts an error). ``parse_body`` reads the rest: a worker that follows only some repositories parses
+    no more of the others' events than this."""
     entry_type = fields.get(b"t", b"").decode("utf-8", "replace")[:32]
     event = ParsedEvent(entry_id=entry_id, fields=fields, type=entry_type)
     try:
@@ -90,23 +101,37 @@ def parse_entry(entry_id: bytes, fields: dict[bytes, bytes], *, verify: bool = F
     except FrameError as exc:
         logger.warning("entry %s: %s", entry_id.decode(), exc)
         event.errors = 1
-        return event
+        return event, None
     event.type, event.seq, event.did = header.type, header.seq, header.did
     event.dids.add(header.did)
+    return event, frame
+
+
+def parse_body(event: ParsedEvent, frame: Frame, *, verify: bool) -> None:
+    """Reads the body of an event ``read_entry`` read the header of (see ``parse_entry``)."""
     body = frame.body
     try:
-        if header.type == "#commit":
+        if event.type == "#commit":
             _commit(event, body, verify=verify)
-        elif header.type == "#identity":
+        elif event.type == "#identity":
             _identity(event, body)
-        elif header.type == "#account":
+        elif event.type == "#account":
             _account(event, body)
         else:
             _sync(event, body)
     except FrameError as exc:
-        logger.warning("%s seq %d: %s", header.type, header.seq, exc)
+        logger.warning("%s seq %d: %s", event.type, event.seq, exc)
         event.errors += 1
-    return event
+
+
+def writes_collection(frame: Frame, collection: str) -> bool:
+    """Whether the event is a commit that creates or updates a record of ``collection``."""
+    ops = frame.body.get("ops") if frame.type == "#commit" else None
+    if type(ops) is not list:
+        return False
+    prefix = collection + "/"
+    return any(type(op) is dict and op.get("action") in ("create", "update") and type(op.get("path")) is str
+               and op["path"].startswith(prefix) for op in ops)
 
 
 def _commit(event: ParsedEvent, body: dict[str, Any], *, verify: bool) -> None:

@@ -31,12 +31,14 @@ from django.db import OperationalError as DjangoOperationalError
 
 from appview.indexing import services
 from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK, Abandon, StreamConsumer
-from appview.indexing.events import ParsedEvent, parse_entry
+from appview.indexing.events import ParsedEvent, parse_body, read_entry
 from appview.sync.handles import copy_confirmed_handles
+from appview.sync.live_scope import mark_out_of_scope
 from appview.sync.signatures import check_signatures
 from identity import services as identity
 from pipeline import redis_store, stream
 from pipeline.cursor import advance_durable_cursor
+from protocol.frames import Frame
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +247,13 @@ class Worker:
         if not entries:
             return None
         verify = settings.VERIFY_COMMITS
-        events = [parse_entry(entry_id, fields, verify=verify) for entry_id, fields in entries if fields is not None]
+        headed = [read_entry(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        if settings.LIVE_SCOPE == "tracked":
+            self._follow_scope(headed)
+        for event, frame in headed:
+            if frame is not None and not event.out_of_scope:
+                parse_body(event, frame, verify=verify)
+        events = [event for event, _ in headed]
         if verify:
             check_signatures(events, wait=settings.SIGNING_KEY_WAIT)
         identity.refresh_in_background(event.did for event in events if event.identity_changed)
@@ -256,6 +264,23 @@ class Worker:
             read_at=read_at,
         )
 
+    def _follow_scope(self, headed: list[tuple[ParsedEvent, Frame | None]]) -> None:
+        """Marks the events LIVE_SCOPE leaves out; waits (with backoff) while PostgreSQL, which knows the scope,
+        is unreachable; raises Abandon if asked to stop meanwhile."""
+        backoff = 0.5
+        while True:
+            try:
+                mark_out_of_scope(headed, signal_collection=settings.SIGNAL_COLLECTION)
+                return
+            except DatabaseError as exc:
+                logger.warning("the live scope is unknown, PostgreSQL failed (%s); retrying in %.1f s",
+                               _describe(exc), backoff)
+                _close_connection()
+                if self.stop:
+                    raise Abandon from exc
+                self.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
     # Indexing
 
     def _process(self, batch: "Batch") -> int:
@@ -265,7 +290,10 @@ class Worker:
         dead: list[tuple[ParsedEvent, str]] = []
         normal: list[ParsedEvent] = []
         suspects: list[ParsedEvent] = []
+        skipped = [event for event in events if event.out_of_scope]
         for event in events:
+            if event.out_of_scope:
+                continue
             delivered = deliveries.get(event.entry_id, 1)
             if delivered > 2 * self.max_attempts:
                 dead.append((event, f"delivered {delivered} times without being acknowledged"))
@@ -277,7 +305,7 @@ class Worker:
         # Entries that were delivered often may be what killed earlier workers: alone, they harm no other.
         for event in suspects:
             done += self._apply_splitting([event], dead)
-        self._acknowledge(done, dead)
+        self._acknowledge(done + skipped, dead)
         return len(events) + len(batch.gone)
 
     def _apply_splitting(self, events: list[ParsedEvent], dead: list[tuple[ParsedEvent, str]]) -> list[ParsedEvent]:

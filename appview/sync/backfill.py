@@ -20,9 +20,8 @@ page by page in ``BackfillListing``), then loads every repository that is due un
   stored once and a killed run loses only what it had not committed. Up to a batch of staged records waits
   while the previous batch is stored (``StagedQueue``): loading and storing overlap.
 
-The scope limits what is loaded, not what live indexing follows: records of repositories outside it reach the
-index's aggregates (follows of in-scope accounts, likes of their posts), which an AppView cannot leave out;
-``COLLECTION_FILTERS`` limits what is stored, in both.
+The queue is also what live indexing follows when ``LIVE_SCOPE`` is ``tracked`` (``live_scope``); by default it
+follows the whole network. ``COLLECTION_FILTERS`` limits what is stored, in both.
 
 A repository that fails (no PDS, a fetch error, a bad signature, a truncated CAR ...) is marked ``failed`` with
 its reason, and tried again later (up to BACKFILL_MAX_TRIES times in all); nothing else is affected. Live

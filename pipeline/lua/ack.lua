@@ -5,7 +5,8 @@
 -- KEYS: stream, metrics, second bucket, minute bucket, dead letters, latency histogram.
 -- ARGV: group, n, m, dead-letter maxlen, second TTL, minute TTL, then n x (id, type, errors, latency bucket, reason:
 -- "" or why a commit was not applied, counted as errors:<reason>; filtered: record writes of collections that
--- COLLECTION_FILTERS leaves out, counted in "filtered" once there are some), then
+-- COLLECTION_FILTERS leaves out, counted in "filtered" once there are some; out of scope: 1 for an event of a
+-- repository LIVE_SCOPE leaves out, counted in "outOfScope" once there are some), then
 -- m x (id, type, error, worker, failed_at, then the entry's fields as name/value pairs, count first), then the
 -- event types cluster:metrics counts: each of them, totalEvents and errors exist from the first call, at 0.
 local group = ARGV[1]
@@ -15,6 +16,7 @@ local counts = {}
 local total = 0
 local errors = 0
 local filtered = 0
+local out_of_scope = 0
 local latencies = {}
 local i = 7
 for _ = 1, n do
@@ -28,8 +30,9 @@ for _ = 1, n do
       counts[reason] = (counts[reason] or 0) + 1
     end
     filtered = filtered + tonumber(ARGV[i + 5])
+    out_of_scope = out_of_scope + tonumber(ARGV[i + 6])
   end
-  i = i + 6
+  i = i + 7
 end
 for _ = 1, m do
   local nfields = tonumber(ARGV[i + 5])
@@ -53,6 +56,7 @@ end
 redis.call('HINCRBY', KEYS[2], 'totalEvents', total)
 redis.call('HINCRBY', KEYS[2], 'errors', errors)
 if filtered > 0 then redis.call('HINCRBY', KEYS[2], 'filtered', filtered) end
+if out_of_scope > 0 then redis.call('HINCRBY', KEYS[2], 'outOfScope', out_of_scope) end
 for j = i, #ARGV do
   redis.call('HINCRBY', KEYS[2], ARGV[j], counts[ARGV[j]] or 0)
   counts[ARGV[j]] = nil
