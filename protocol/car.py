@@ -37,7 +37,10 @@ def block_spans(car: Buffer) -> dict[bytes, tuple[int, int]]:
             if end > size or length < 4:
                 raise CarError("a block is too short or runs past the end of the file")
             data_start = _cid_end(car, start, end)
-            spans[bytes(car[start:data_start])] = (data_start, end)
+            span = spans.setdefault(bytes(car[start:data_start]), (data_start, end))
+            # A second copy of a block is only checked against its CID if it is the same bytes as the first.
+            if span[0] != data_start and car[span[0]:span[1]] != car[data_start:end]:
+                raise CarError("a block appears twice, with different bytes")
             position = end
         return spans
     except CarError:

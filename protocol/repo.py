@@ -18,6 +18,7 @@ import libipld
 
 from protocol import cborwrite, syntax
 from protocol.car import Buffer, CarError, block_spans, car_roots
+from protocol.cid import DAG_CBOR_CID_PREFIX
 from protocol.crypto import PublicKey
 from protocol.mst import BlockSource, MissingBlockError, MstError, Tree, walk
 
@@ -32,8 +33,6 @@ LEGACY_REV = "2222222222222"
 MAX_PATH_BYTES = 1024
 Spans = Mapping[bytes, tuple[int, int]]
 
-# What precedes the 32-byte digest in a sha2-256 CID: CIDv1 (version, one-byte codec, multihash head), CIDv0.
-_SHA256_CID_HEADS = frozenset({bytes((1, codec, 0x12, 0x20)) for codec in range(0x80)} | {b"\x12\x20"})
 
 
 class SyncError(ValueError):
@@ -95,13 +94,14 @@ def read_commit(block: bytes) -> SignedCommit:
 
 
 def check_block_cids(car: Buffer, spans: Spans) -> None:
-    """Every block's bytes hash to its CID (sha2-256, CIDv1 or CIDv0); ``SyncError("cid-mismatch")``."""
+    """Every block's CID is a dag-cbor sha2-256 CIDv1 (every block of a repository is DAG-CBOR: commits, MST
+    nodes, records) of its bytes; ``SyncError("cid-mismatch")``."""
     view = memoryview(car)
     sha256 = hashlib.sha256
-    heads = _SHA256_CID_HEADS
     for cid, (start, end) in spans.items():
-        if cid[:-32] not in heads or sha256(view[start:end]).digest() != cid[-32:]:
-            raise SyncError("cid-mismatch", "a block's bytes do not hash to its CID (or it is not a sha2-256 CID)")
+        if cid[:-32] != DAG_CBOR_CID_PREFIX or sha256(view[start:end]).digest() != cid[-32:]:
+            raise SyncError("cid-mismatch", "a block's bytes do not hash to its CID (or it is not a dag-cbor sha2-256"
+                            " CID)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import libipld
 import pytest
 
 from appview.sync.backfill_car import CarIndex, open_repository
-from protocol.car import block_spans
+from protocol.car import block_spans, car_roots
 from protocol.cid import cid_for_block
 from protocol.crypto import PrivateKey
 from protocol.mst import Tree
@@ -56,9 +56,26 @@ def test_it_keeps_one_copy_of_a_block_repeated_many_times() -> None:
     assert index.block(cid) == block and all(index.block(cid_for_block(other)) == other for other in others)
 
 
+def blocks_of(car: bytes) -> list[tuple[bytes, bytes]]:
+    return [(cid, car[start:end]) for cid, (start, end) in block_spans(car).items()]
+
+
+def with_a_false_first_copy(car: bytes) -> bytes:
+    """The export with a block of other bytes under the CID of its first block, before the true one."""
+    blocks = blocks_of(car)
+    return car_of_cids(car_roots(car), [(blocks[0][0], b"\xa0"), *blocks])
+
+
+def with_a_block_of_another_codec(car: bytes) -> bytes:
+    cid, block = blocks_of(car)[0]
+    return car_of_cids(car_roots(car), [*blocks_of(car), (b"\x01\x55" + cid[2:], block)])
+
+
 @pytest.mark.parametrize(("spoil", "reason"), [
     (lambda car: car[:len(car) - 7], "car-invalid"),
     (lambda car: car.replace(b"liked", b"LIKED", 1), "cid-mismatch"),
+    (with_a_false_first_copy, "cid-mismatch"),
+    (with_a_block_of_another_codec, "cid-mismatch"),
 ])
 def test_it_refuses_a_truncated_or_tampered_export(spoil: object, reason: str, tmp_path: Path) -> None:
     key = PrivateKey.generate(seed=b"tampered")

@@ -314,6 +314,20 @@ def test_it_refuses_a_fixture_repository_signed_for_another_did() -> None:
     assert_records_are_real(repository, 2)
 
 
+@pytest.mark.parametrize("name", ["paul_staging", "fakermaker", "greenground"])
+def test_it_refuses_a_real_repository_once_any_byte_of_it_is_changed(name: str) -> None:
+    """Bytes all over each export (header, lengths, CIDs, records, MST nodes, the commit) changed one at a time.
+    fakermaker's high-S signature and greenground's other DID are what its own test says: checked as they pass."""
+    car, _, key = fixture_repo(name)
+    did = read_commit(car_blocks(car)[car_roots(car)[0]]).did
+    checked_key = None if name == "fakermaker" else key
+    verify_repository(car, did, checked_key)
+    for at in range(0, len(car), max(len(car) // 300, 1)):
+        changed = car[:at] + bytes((car[at] ^ 0x01,)) + car[at + 1:]
+        with pytest.raises(SyncError):
+            verify_repository(changed, did, checked_key)
+
+
 def test_it_reads_a_repository_through_a_memory_map() -> None:
     car, document, key = fixture_repo("paul_staging")
     with (REPOS / "paul_staging.repo.car").open("rb") as file, \
@@ -423,3 +437,14 @@ def test_it_fails_a_tampered_export_with_the_reason_of_its_fault() -> None:
     with pytest.raises(SyncError) as failure:
         verify_repository(car, "did:plc:someoneelseentirely00", key.public_key)
     assert failure.value.reason == "repo-mismatch"
+    # A copy of a block under its CID with other bytes, before the true one; and a block named by another codec.
+    with pytest.raises(SyncError) as failure:
+        verify_repository(car_of_cids([repo.head], [(record_cid, b"\xa0"), *blocks.items()]), repo.did,
+                          key.public_key)
+    assert failure.value.reason == "car-invalid"
+    assert verify_repository(car_of_cids([repo.head], [*blocks.items(), *blocks.items()]), repo.did, key.public_key)
+    raw_cid = b"\x01\x55" + record_cid[2:]
+    with pytest.raises(SyncError) as failure:
+        verify_repository(car_of_cids([repo.head], [*blocks.items(), (raw_cid, blocks[record_cid])]), repo.did,
+                          key.public_key)
+    assert failure.value.reason == "cid-mismatch"

@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from protocol.car import Buffer, CarError, car_roots, read_varint
-from protocol.cid import SHA2_256_PREFIX
+from protocol.cid import DAG_CBOR_CID_PREFIX
 from protocol.crypto import PublicKey
 from protocol.repo import SignedCommit, SyncError, check_export_commit, tree_records
 
-# CIDv1 with a one-byte codec and a sha2-256 multihash (every block of the network), and CIDv0 (a bare multihash).
-_CID_V1_LENGTH = 36
-_CID_V0_LENGTH = 34
+# Every block of a repository is DAG-CBOR, named by a dag-cbor sha2-256 CIDv1.
+_CID_LENGTH = len(DAG_CBOR_CID_PREFIX) + 32
 _DIGEST_LENGTH = 32
 _EMPTY = 0  # a free slot of the table; a key that is 0 is stored as 1 (keys only narrow the search)
 _MAX_LOAD = 0.7
@@ -35,16 +34,6 @@ _FIRST_CAPACITY = 1024
 # least FAULT_AROUND_BYTES.
 RELEASE_BYTES = 32 * 1024 * 1024
 FAULT_AROUND_BYTES = 64 * 1024
-
-
-def _cid_length(car: Buffer, start: int) -> int:
-    """The length of the sha2-256 CID that opens the block at ``start``; SyncError for any other CID."""
-    first = car[start]
-    if first == 1 and car[start + 1] < 0x80 and car[start + 2:start + 4] == SHA2_256_PREFIX:
-        return _CID_V1_LENGTH
-    if car[start:start + 2] == SHA2_256_PREFIX:
-        return _CID_V0_LENGTH
-    raise SyncError("cid-mismatch", "a block's CID is not a sha2-256 CID")
 
 
 def _key(digest: bytes) -> int:
@@ -80,15 +69,16 @@ class CarIndex:
                 else:
                     length, start = read_varint(car, position)
                 end = start + length
-                if end > size or length < _CID_V0_LENGTH:
+                if end > size or length < _CID_LENGTH:
                     raise SyncError("car-invalid", "a block is too short or runs past the end of the file")
-                cid_length = _cid_length(car, start)
-                data_start = start + cid_length
+                if car[start:start + len(DAG_CBOR_CID_PREFIX)] != DAG_CBOR_CID_PREFIX:
+                    raise SyncError("cid-mismatch", "a block's CID is not a dag-cbor sha2-256 CID")
+                data_start = start + _CID_LENGTH
                 # A slice of the map, not of the view: no view of it may outlive the view (the map could not close).
                 digest = car[data_start - _DIGEST_LENGTH:data_start]
                 if sha256(view[data_start:end]).digest() != digest:
                     raise SyncError("cid-mismatch", "a block's bytes do not hash to its CID")
-                self._insert(_key(digest), data_start, end, cid_length)
+                self._insert(_key(digest), data_start, end)
                 if end - self._read >= RELEASE_BYTES:
                     self._release()
                     self._read = end
@@ -108,14 +98,14 @@ class CarIndex:
         self._starts = array("Q", bytes(8 * capacity))
         self._ends = array("Q", bytes(8 * capacity))
 
-    def _insert(self, key: int, start: int, end: int, cid_length: int) -> None:
-        """Adds the block whose bytes are ``car[start:end]`` (its CID, ``cid_length`` bytes, before them); a
+    def _insert(self, key: int, start: int, end: int) -> None:
+        """Adds the block whose bytes are ``car[start:end]`` (its CID, ``_CID_LENGTH`` bytes, before them); a
         second copy of a block already indexed is left out (many copies of one block in one probe chain would
         make every insert walk them all)."""
         car, keys, starts, mask = self._car, self._keys, self._starts, self._mask
         slot = key & mask
         while (found := keys[slot]) != _EMPTY:
-            if found == key and car[starts[slot] - cid_length:starts[slot]] == car[start - cid_length:start]:
+            if found == key and car[starts[slot] - _CID_LENGTH:starts[slot]] == car[start - _CID_LENGTH:start]:
                 return
             slot = (slot + 1) & mask
         if self.count + 1 > _MAX_LOAD * (mask + 1):
@@ -154,13 +144,13 @@ class CarIndex:
 
     def _slot(self, cid: bytes) -> int:
         """Where the block with this binary CID is in the table, -1 when the CAR has none."""
-        if len(cid) not in (_CID_V1_LENGTH, _CID_V0_LENGTH):
+        if len(cid) != _CID_LENGTH:
             return -1
         car, keys, starts, mask = self._car, self._keys, self._starts, self._mask
         key = _key(cid[-_DIGEST_LENGTH:])
         slot = key & mask
         while (found := keys[slot]) != _EMPTY:
-            if found == key and car[starts[slot] - len(cid):starts[slot]] == cid:
+            if found == key and car[starts[slot] - _CID_LENGTH:starts[slot]] == cid:
                 self._touched(0)
                 return slot
             slot = (slot + 1) & mask
