@@ -1,7 +1,8 @@
 """The indexer against the signed simulation, in this process: the simulator's frames in firehose:events, a worker
 verifying commits with keys from the local PLC directory, and the resync fetching repositories from the local PDS.
-Verified or not, the same records are stored; a commit a fault spoiled marks its repo, and the resync makes the
-stored records of that repo equal to its repository."""
+Verified or not, the same records are stored; a relay switch changes nothing; a commit a fault spoiled marks its
+repo, and the resync makes the stored records of that repo equal to its repository, whenever live commits arrive;
+a resync that fails is tried again later, from a minute to an hour."""
 
 import contextlib
 import gc
@@ -13,14 +14,19 @@ from typing import Any
 import libipld
 import pytest
 from django.conf import settings as django_settings
+from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from appview.indexing import services
 from appview.models import MODEL_BY_COLLECTION, Actor, GenericRecord
+from appview.sync.resync import ResyncError, resync, store_repository
 from appview.sync.resyncer import Resyncer
 from harness.events import push
+from identity import services as identity
+from identity.outbound import Outbound
 from pipeline import redis_store
 from protocol.frames import decode_frame
+from protocol.repo import verify_repository
 from relaysim.pds import LocalPds
 from relaysim.signed import CommitFault, SignedFirehose
 from relaysim.simulation import renumbered
@@ -183,3 +189,54 @@ def test_it_gives_the_same_database_when_the_firehose_switches_to_a_relay_that_n
     index([(seq + 100_000, renumbered(frame, seq + 100_000)) for seq, frame in frames[EVENTS * 4 // 10:]],
           generation=2)
     assert diff(from_one_relay, without_relay_numbering(snapshot())) == []
+
+
+@pytest.mark.parametrize("order", ["live-newer-first", "resync-first"])
+def test_it_ends_at_the_repository_s_newest_rev_whether_live_commits_reach_the_index_before_or_after_a_resync(
+        order: str, simulate: Callable[..., Simulation]) -> None:
+    """Live commits are not held back during a resync: each write carries its rev, and the resync's store refuses
+    what is at or below the fetched rev. A commit newer than the fetched repository survives it, one older than it
+    (a late redelivery) is refused, in either order."""
+    simulation = simulate(CommitFault("bad-signature", at=300))
+    firehose = simulation.firehose
+    first = list(firehose.frames(EVENTS))
+    [fault] = firehose.injected
+    index(first[:EVENTS // 2])
+    fetched = firehose.accounts.repos[fault.did].export_car()  # the repository as the resync fetches it
+    late = first[EVENTS // 2:]  # live commits at or below the fetched rev, delivered late
+    newer = list(firehose.frames(EVENTS))
+    assert any(body_of(entry).get("repo") == fault.did for entry in newer)
+    key = identity.resolve(fault.did).signing_key
+    if order == "live-newer-first":
+        index(newer, generation=2)
+        store_repository(fault.did, verify_repository(fetched, fault.did, key))
+        index(late, generation=3)
+    else:
+        index(late)
+        store_repository(fault.did, verify_repository(fetched, fault.did, key))
+        index(newer, generation=2)
+    assert stored_records(fault.did) == repo_records(firehose, fault.did)
+    assert Actor.objects.get(did=fault.did).rev == firehose.accounts.repos[fault.did].rev
+    assert_aggregates_match_rows()
+
+
+def test_it_marks_a_failing_resync_error_and_tries_again_later_doubling_from_a_minute_to_an_hour(
+        simulate: Callable[..., Simulation], settings: Settings) -> None:
+    simulation = simulate(CommitFault("bad-signature", at=300))
+    index(list(simulation.firehose.frames(EVENTS)))
+    [fault] = simulation.firehose.injected
+    simulation.pds.answer_500(3)  # then the client leaves the failing host alone for a while: fails at once
+    client = Outbound(timeout=2.0, concurrency=1, host_overrides=settings.IDENTITY_HOST_OVERRIDES)
+    for tries in range(1, 9):
+        started = timezone.now()
+        with pytest.raises(ResyncError):
+            resync(fault.did, client=client)
+        actor = Actor.objects.get(did=fault.did)
+        assert (actor.sync_status, actor.sync_tries, actor.sync_reason[:6]) == ("error", tries, "fetch-")
+        wait = min(60 * 2 ** (tries - 1), 3600)
+        assert 0.8 * wait - 1 <= (actor.resync_after - started).total_seconds() <= 1.2 * wait + 1
+    Actor.objects.filter(did=fault.did).update(resync_after=timezone.now())
+    assert resync_everything_due().stats.done >= 1
+    actor = Actor.objects.get(did=fault.did)
+    assert (actor.sync_status, actor.sync_tries, actor.resync_after) == ("active", 0, None)
+    assert stored_records(fault.did) == repo_records(simulation.firehose, fault.did)
