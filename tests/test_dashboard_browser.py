@@ -242,3 +242,33 @@ def test_it_falls_back_to_polling_and_reconnects_by_itself(web: WebServer, outpu
                  "the websocket to reconnect")
         wait_for(driver, lambda d: events_processed(d) == 3000, 5, "fresh snapshots after the reconnect")
         wait_for(driver, lambda d: not d.find_element("id", "stale-banner").is_displayed(), 5, "the banner to go")
+
+
+def test_it_shows_a_backfill_run_as_it_publishes_itself_and_notices_when_it_stops_reporting(
+        web: WebServer, output_dir: Path) -> None:
+    client = redis_store.connect()
+
+    def publish(**numbers: Any) -> None:
+        client.hset(redis_store.backfill_progress(), mapping={
+            "state": "running", "reposDone": 300, "reposTotal": 1200, "reposFailed": 0, "reposInProgress": 8,
+            "reposRemaining": 900, "records": 91000, "recordsPerSecond": 15250.4, "etaSeconds": 125,
+            "updatedAt": time.time(), **numbers})
+
+    with chromium() as driver:
+        driver.get(web.url + "/")
+        wait_for(driver, lambda d: text(d, "backfill-state") == "no run yet", 10, "the panel with no run yet")
+        publish()
+        wait_for(driver, lambda d: text(d, "backfill-repos") == "300 / 1,200", 10, "the run's repositories")
+        assert (text(driver, "backfill-state"), text(driver, "backfill-in-progress"), text(driver, "backfill-records"),
+                text(driver, "backfill-rate")) == ("running", "8", "91,000", "15,250")
+        assert text(driver, "backfill-eta") != "—"
+        assert "bad-text" not in driver.find_element("id", "backfill-failed").get_attribute("class")
+        assert driver.find_element("id", "backfill-bar").get_attribute("style") == "width: 25%;"
+        one_line = driver.find_element("id", "backfill-in-progress").size["height"]
+        assert driver.find_element("id", "backfill-repos").size["height"] == one_line  # "300 / 1,200" unbroken
+        publish(reposFailed=3, updatedAt=time.time() - 3600)  # a run killed an hour ago
+        wait_for(driver, lambda d: text(d, "backfill-state") == "not reporting", 10, "the run to show as stale")
+        assert text(driver, "backfill-failed") == "3"
+        assert "bad-text" in driver.find_element("id", "backfill-failed").get_attribute("class")
+        assert text(driver, "backfill-eta") == "—"
+        save_screenshot(driver, output_dir / "dashboard-backfill.png")
