@@ -103,11 +103,14 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 class HttpService(_Server):
     """An HTTP server on 127.0.0.1 (``port`` 0: a free one) that answers GET requests through ``_answer``, with
     the fault knobs every local stand-in shares: a delay before every answer, 429 (with ``Retry-After``) or
-    500 for the next N requests, and a log of the requests (``requests``)."""
+    500 for the next N requests, a log of the requests (``requests``) and the most it answered at once
+    (``peak_concurrency``)."""
 
     def __init__(self, *, port: int = 0) -> None:
         self.delay = 0.0  # seconds slept before every answer
         self.requests: list[Request] = []
+        self.peak_concurrency = 0
+        self._answering = 0
         self._lock = threading.Lock()
         self._faults: list[tuple[int, dict[str, str]]] = []  # (status, headers) of the next answers
         super().__init__(_QuietHTTPServer((LOOPBACK, port), self._handler()))
@@ -158,11 +161,18 @@ class HttpService(_Server):
             disable_nagle_algorithm = True
 
             def do_GET(self) -> None:
-                if service.delay:
-                    time.sleep(service.delay)
-                host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
-                path, _, query = self.path.partition("?")
-                status, headers, body = service._respond(host, path, query)
+                with service._lock:
+                    service._answering += 1
+                    service.peak_concurrency = max(service.peak_concurrency, service._answering)
+                try:
+                    if service.delay:
+                        time.sleep(service.delay)
+                    host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
+                    path, _, query = self.path.partition("?")
+                    status, headers, body = service._respond(host, path, query)
+                finally:
+                    with service._lock:
+                        service._answering -= 1
                 # The client may have given up during the delay.
                 with contextlib.suppress(OSError):
                     self.send_response(status)

@@ -1,5 +1,6 @@
 """A PDS that answers 429 or 500, a truncated CAR, a CAR whose signature or CIDs are wrong: each leaves its
-repository ``failed`` with the reason, and every other repository is stored as if nothing had happened."""
+repository ``failed`` with the reason, and every other repository is stored as if nothing had happened; one PDS
+is asked for no more repositories at once than BACKFILL_PDS_CONCURRENCY."""
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,3 +104,15 @@ def test_it_tries_a_failed_repository_again_after_its_backoff(
     assert (row.state, row.tries, row.error, len(fetches)) == ("done", 0, "", 3)
     assert fetches[2].at - fetches[1].at >= 1.0
     assert stored_records(repo.did) != []
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_it_asks_one_pds_for_no_more_repositories_at_once_than_its_limit(
+        limit: int, settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings.BACKFILL_PDS_CONCURRENCY = limit
+    with local_network(settings, monkeypatch) as network:
+        repos = generated(network, tmp_path, accounts=8, records=20, seed=5)
+        network.pds().delay = 0.2  # every answer takes a while: loaders pile up on the PDS if they may
+        backfill(Scope(dids=tuple(repos), relay=RELAY), concurrency=6, processes=0)
+        assert {state for state, _ in states().values()} == {"done"}
+        assert network.pds().peak_concurrency == limit

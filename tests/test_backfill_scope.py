@@ -2,15 +2,17 @@
 relay lists it) and COLLECTION_FILTERS select exactly the repositories and collections they name, in backfill
 and in live indexing; the relay's listing resumes from its saved cursor."""
 
+import signal as signals
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from django.core.management import CommandError, call_command
 from pytest_django.fixtures import Settings
 
 from appview.indexing.collection_filter import is_stored
-from appview.models import BackfillListing, Follow, Like, Post
+from appview.models import BackfillListing, BackfillRepo, Follow, Like, Post
 from appview.sync import backfill as backfill_module
 from appview.sync.backfill import Scope, list_scope
 from harness.events import commit_frame, push
@@ -160,3 +162,37 @@ def test_it_refuses_a_collection_filter_that_is_no_nsid_at_start() -> None:
     assert_one_line(run_check(COLLECTION_FILTERS="app.bsky.feed.post,app bsky"),
                     "COLLECTION_FILTERS must list NSIDs or namespaces ending in .*, got 'app bsky'")
     assert run_check(COLLECTION_FILTERS="app.bsky.feed.post, app.bsky.graph.*").returncode == 0
+
+
+@pytest.fixture
+def keep_signal_handlers() -> Iterator[None]:
+    """The command installs its SIGTERM/SIGINT handlers in this process: they are put back after the test."""
+    handlers = {signum: signals.getsignal(signum) for signum in (signals.SIGTERM, signals.SIGINT)}
+    yield
+    for signum, handler in handlers.items():
+        signals.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("keep_signal_handlers")
+@pytest.mark.parametrize("scope", ["dids", "signal-collection", "full-network"])
+def test_it_takes_each_scope_from_the_command_line(scope: str, repos: Repos) -> None:
+    arguments, chosen = {
+        "dids": (["--did", repos.r0.did, repos.r4.did], [repos.r0, repos.r4]),
+        "signal-collection": (["--signal-collection", SIGNAL], [repos.r1, repos.r2]),
+        "full-network": (["--full-network"], [repos.r0, repos.r1, repos.r2]),
+    }[scope]
+    call_command("backfill", *arguments, "--relay", RELAY, "--concurrency", "2", "--processes", "0")
+    assert_stored_exactly(repos, chosen)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--signal-collection", SIGNAL, "--full-network"], "two scopes"),
+    (["--signal-collection", "not an nsid"], "is not an NSID"),
+    (["--did", "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "someone"], "not DIDs: someone"),
+    (["--concurrency", "0"], "--concurrency must be at least 1"),
+    (["--processes", "-1"], "--processes must be 0 or more"),
+])
+def test_it_refuses_a_command_line_it_cannot_follow(arguments: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("backfill", *arguments)
+    assert not BackfillRepo.objects.exists()
