@@ -6,6 +6,9 @@ a resync that fails is tried again later, from a minute to an hour."""
 
 import contextlib
 import gc
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,7 +34,18 @@ from relaysim.pds import LocalPds
 from relaysim.signed import CommitFault, SignedFirehose
 from relaysim.simulation import renumbered
 from tests.identity_helpers import identity_network
-from tests.worker_helpers import assert_aggregates_match_rows, diff, drain, metrics, snapshot, truncate_index
+from tests.worker_helpers import (
+    ROOT,
+    assert_aggregates_match_rows,
+    diff,
+    drain,
+    metrics,
+    snapshot,
+    stop,
+    subprocess_env,
+    terminate,
+    truncate_index,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -240,3 +254,31 @@ def test_it_marks_a_failing_resync_error_and_tries_again_later_doubling_from_a_m
     actor = Actor.objects.get(did=fault.did)
     assert (actor.sync_status, actor.sync_tries, actor.resync_after) == ("active", 0, None)
     assert stored_records(fault.did) == repo_records(simulation.firehose, fault.did)
+
+
+def test_it_resyncs_the_queued_repositories_in_a_run_resync_process_that_sigterm_stops(
+        simulate: Callable[..., Simulation], settings: Settings) -> None:
+    simulation = simulate(CommitFault("missing-block", at=300))
+    index(list(simulation.firehose.frames(EVENTS)))
+    [fault] = simulation.firehose.injected
+    environment = subprocess_env(
+        PLC_URL=settings.PLC_URL, VERIFY_COMMITS="1",
+        DNS_NAMESERVERS=",".join(f"{host}:{port}" for host, port in settings.DNS_NAMESERVERS),
+        IDENTITY_HOST_OVERRIDES=",".join(f"{name}={host}:{port}"
+                                         for name, (host, port) in settings.IDENTITY_HOST_OVERRIDES.items()))
+    command = [sys.executable, str(ROOT / "manage.py"), "run_resync", "--concurrency", "2"]
+    done = subprocess.run([*command, "--until-idle"], cwd=ROOT, env=environment, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resync stopped:" in done.stderr and " failed" in done.stderr
+    actor = Actor.objects.get(did=fault.did)
+    assert (actor.sync_status, actor.rev) == ("active", simulation.firehose.accounts.repos[fault.did].rev)
+    assert stored_records(fault.did) == repo_records(simulation.firehose, fault.did)
+
+    running = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(3)  # set up and idle: nothing is due
+        assert running.poll() is None
+        assert "resync stopped:" in terminate(running)
+    finally:
+        stop(running)
