@@ -202,6 +202,8 @@ SIGNAL_COLLECTION = env_str("SIGNAL_COLLECTION", "")
 if SIGNAL_COLLECTION and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]*(\.[a-zA-Z0-9-]+)+\.[a-zA-Z][a-zA-Z0-9]*",
                                           SIGNAL_COLLECTION):
     raise ConfigError("SIGNAL_COLLECTION", f"must be an NSID, got {SIGNAL_COLLECTION!r}")
+if SIGNAL_COLLECTION and LIVE_SCOPE != "tracked":
+    raise ConfigError("SIGNAL_COLLECTION", "brings repositories into LIVE_SCOPE=tracked only: set LIVE_SCOPE too")
 
 # Backfill (manage.py backfill, appview/sync/backfill.py): whole repositories loaded from their PDSes.
 BACKFILL_CONCURRENCY = env_int("BACKFILL_CONCURRENCY", 8, minimum=1, maximum=256)  # repositories fetched at once

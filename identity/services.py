@@ -33,7 +33,7 @@ from identity.resolver import (
 from protocol.crypto import PublicKey
 
 __all__ = ["INVALID_HANDLE", "Identity", "IdentityError", "pending_resolutions", "refresh", "refresh_in_background",
-           "resolve", "signing_keys", "stats"]
+           "refreshed_signing_keys", "resolve", "signing_keys", "stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,9 @@ NEGATIVE_TTL_MAX = 3600
 # this many queued or running: past it, a DID is left for a later batch rather than queued without bound.
 BACKGROUND_THREADS = 16
 MAX_IN_FLIGHT = 10_000
+# Fresh fetches (refreshed_signing_keys) run on threads of their own: they never queue behind a cold cache's
+# thousands of resolutions, and a worker asks for at most a few per batch.
+FRESH_THREADS = 4
 # How long resolve waits for a background resolution of the same DID, in IDENTITY_TIMEOUTs (a resolution is a
 # document fetch, a DNS query and an HTTPS request, each bounded).
 JOIN_TIMEOUTS = 4
@@ -65,6 +68,7 @@ _in_flight: dict[str, _Resolution] = {}
 _refreshing: dict[str, _Resolution] = {}
 _in_flight_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+_fresh_pool: ThreadPoolExecutor | None = None
 
 
 def resolve(did: str, *, refresh: bool = False) -> Identity:
@@ -174,7 +178,8 @@ def stats() -> dict[str, int]:
 
 
 def pending_resolutions() -> int:
-    """Resolutions started by ``signing_keys`` that are queued or running (a gauge, unlike ``stats``)."""
+    """Background resolutions (``signing_keys``, ``refresh_in_background``, ``refreshed_signing_keys``) queued or
+    running (a gauge, unlike ``stats``)."""
     with _in_flight_lock:
         return len(_in_flight) + len(_refreshing)
 
@@ -239,8 +244,9 @@ def _remember_failure(did: str, error: IdentityError) -> None:
 def _resolve_in_background(did: str, known: CacheEntry | None, *,
                            fresh: bool = False) -> Future[PublicKey | None] | None:
     """The future key of ``did`` from a resolution started now or already running; None when too many are.
-    ``fresh``: from the document fetched now, never from a resolution that started earlier or a stale document."""
-    global _pool
+    ``fresh``: from the document fetched now, never from a resolution that started earlier or a stale document
+    (the stored entry's backoff still applies: a failing DID is not fetched again every batch)."""
+    global _pool, _fresh_pool
     flights = _refreshing if fresh else _in_flight
     with _in_flight_lock:
         running = flights.get(did)
@@ -249,9 +255,15 @@ def _resolve_in_background(did: str, known: CacheEntry | None, *,
         if len(flights) >= MAX_IN_FLIGHT:
             return None
         running = flights[did] = _Resolution()
-        if _pool is None:
-            _pool = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="identity")
-    _pool.submit(_background_resolution, did, known, running, fresh)
+        if fresh:
+            if _fresh_pool is None:
+                _fresh_pool = ThreadPoolExecutor(FRESH_THREADS, thread_name_prefix="identity-fresh")
+            pool = _fresh_pool
+        else:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(BACKGROUND_THREADS, thread_name_prefix="identity")
+            pool = _pool
+    pool.submit(_background_resolution, did, known, running, fresh)
     return running.key
 
 
@@ -263,6 +275,8 @@ def _background_resolution(did: str, known: CacheEntry | None, running: _Resolut
     # Connections of pool threads live as Django's request connections do (DB_CONN_MAX_AGE).
     close_old_connections()
     try:
+        if fresh:
+            known = cache.load([did]).get(did)
         identity = _from_network(did, known=known, use_stale=not fresh, on_key=key_known)
         key_known(identity.signing_key)
         running.identity.set_result(identity)

@@ -16,6 +16,10 @@ class CarError(ValueError):
     """A CAR file that cannot be read; the message says why."""
 
 
+class ConflictingBlockError(CarError):
+    """A CID that names two blocks of different bytes: one of them does not hash to it."""
+
+
 def block_spans(car: Buffer) -> dict[bytes, tuple[int, int]]:
     """Where each block of a CAR v1 file lies: binary CID -> (start, end) of the block's bytes.
 
@@ -40,7 +44,7 @@ def block_spans(car: Buffer) -> dict[bytes, tuple[int, int]]:
             span = spans.setdefault(bytes(car[start:data_start]), (data_start, end))
             # A second copy of a block is only checked against its CID if it is the same bytes as the first.
             if span[0] != data_start and car[span[0]:span[1]] != car[data_start:end]:
-                raise CarError("a block appears twice, with different bytes")
+                raise ConflictingBlockError("a block appears twice, with different bytes")
             position = end
         return spans
     except CarError:

@@ -6,7 +6,7 @@ from typing import Any
 import libipld
 
 from protocol import syntax
-from protocol.car import CarError, block_spans
+from protocol.car import CarError, ConflictingBlockError, block_spans
 from protocol.dagcbor import decode_record
 from protocol.frames import FrameError
 from protocol.repo import SyncError
@@ -38,6 +38,8 @@ def commit_spans(body: dict[str, Any]) -> dict[bytes, tuple[int, int]]:
         raise CommitError("car-invalid", "commit blocks must be bytes")
     try:
         return block_spans(blocks) if blocks else {}
+    except ConflictingBlockError as exc:
+        raise CommitError("cid-mismatch", f"commit blocks: {exc}") from None
     except CarError as exc:
         raise CommitError("car-invalid", f"commit blocks are not a valid CAR file: {exc}") from None
 

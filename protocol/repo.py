@@ -17,7 +17,7 @@ from typing import Any
 import libipld
 
 from protocol import cborwrite, syntax
-from protocol.car import Buffer, CarError, block_spans, car_roots
+from protocol.car import Buffer, CarError, ConflictingBlockError, block_spans, car_roots
 from protocol.cid import DAG_CBOR_CID_PREFIX
 from protocol.crypto import PublicKey
 from protocol.mst import BlockSource, MissingBlockError, MstError, Tree, walk
@@ -32,7 +32,6 @@ LEGACY_COMMIT_VERSION = 2  # no rev; still found in old exports
 LEGACY_REV = "2222222222222"
 MAX_PATH_BYTES = 1024
 Spans = Mapping[bytes, tuple[int, int]]
-
 
 
 class SyncError(ValueError):
@@ -277,6 +276,8 @@ def verify_repository(car: Buffer, did: str, key: PublicKey | None) -> VerifiedR
     try:
         spans = block_spans(car)
         roots = car_roots(car)
+    except ConflictingBlockError as exc:
+        raise SyncError("cid-mismatch", str(exc)) from None
     except CarError as exc:
         raise SyncError("car-invalid", str(exc)) from None
     if not roots:

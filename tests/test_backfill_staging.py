@@ -79,20 +79,33 @@ def test_it_sends_a_fault_back_as_the_sync_error_the_loader_thread_would_raise(
         assert failure.value.reason == reason
 
 
-def test_it_hands_over_no_part_of_a_repository_whose_last_record_block_is_missing(
-        network: GeneratedNetwork, pool: StagingPool) -> None:
-    did, repo = list(network.repos.items())[-1]  # 100 records: parts of 25
-    car, key = repo.export_car(), network.keys[did].public_key
+def without_last_record_block(car: bytes, did: str, network: GeneratedNetwork) -> bytes:
+    key = network.keys[did].public_key
     *_, (_, last_record) = open_repository(car, did, key).records()
-    spans = block_spans(car)
-    spoiled = car_of_cids(open_repository(car, did, key).index.roots,
-                          ((cid, car[start:end]) for cid, (start, end) in spans.items() if cid != last_record))
+    return car_of_cids(open_repository(car, did, key).index.roots,
+                       ((cid, car[start:end]) for cid, (start, end) in block_spans(car).items() if cid != last_record))
+
+
+@pytest.mark.parametrize("filters", [(), ("com.example.nothing",)])
+def test_it_hands_over_no_part_of_a_repository_whose_last_record_block_is_missing(
+        filters: tuple[str, ...], network: GeneratedNetwork, settings: Settings) -> None:
+    """Whether the record is stored or not (COLLECTION_FILTERS leaves out every collection): the repository is
+    incomplete, in the thread and in the pool alike."""
+    settings.COLLECTION_FILTERS = filters
+    settings.BACKFILL_BATCH_RECORDS = 25
+    did, repo = list(network.repos.items())[-1]  # 100 records: parts of 25
+    key = network.keys[did].public_key
+    spoiled = without_last_record_block(repo.export_car(), did, network)
     handed_over: list[StagedRepo] = []
     with pytest.raises(SyncError) as in_the_thread:
         stage_repository(open_repository(spoiled, did, key), hand_over=handed_over.append,
                          should_stop=lambda: False, check_tree_first=True)
-    with pytest.raises(SyncError) as in_the_pool:
-        pool.stage(spoiled, did, key, should_stop=lambda: False)
+    pool = StagingPool(1)
+    try:
+        with pytest.raises(SyncError) as in_the_pool:
+            pool.stage(spoiled, did, key, should_stop=lambda: False)
+    finally:
+        pool.close()
     assert (in_the_thread.value.reason, in_the_pool.value.reason, handed_over) == ("missing-block", "missing-block", [])
 
 

@@ -441,7 +441,7 @@ def test_it_fails_a_tampered_export_with_the_reason_of_its_fault() -> None:
     with pytest.raises(SyncError) as failure:
         verify_repository(car_of_cids([repo.head], [(record_cid, b"\xa0"), *blocks.items()]), repo.did,
                           key.public_key)
-    assert failure.value.reason == "car-invalid"
+    assert failure.value.reason == "cid-mismatch"
     assert verify_repository(car_of_cids([repo.head], [*blocks.items(), *blocks.items()]), repo.did, key.public_key)
     raw_cid = b"\x01\x55" + record_cid[2:]
     with pytest.raises(SyncError) as failure:

@@ -231,6 +231,7 @@ def test_it_ends_at_the_repository_s_newest_rev_whether_live_commits_reach_the_i
         index(newer, generation=2)
     assert stored_records(fault.did) == repo_records(firehose, fault.did)
     assert Actor.objects.get(did=fault.did).rev == firehose.accounts.repos[fault.did].rev
+    assert not Actor.objects.filter(sync_reason="since-mismatch").exists()  # late commits broke no chain
     assert_aggregates_match_rows()
 
 

@@ -1,5 +1,6 @@
-"""LIVE_SCOPE tracked: live indexing follows the repositories of the backfill queue and those that write the
-signal collection; every event of another repository is acknowledged, counted (outOfScope) and left out."""
+"""LIVE_SCOPE tracked: live indexing follows the repositories of the backfill queue and those whose valid commit
+writes the signal collection, and the account events of the DIDs their records name; every other event is
+acknowledged, counted (outOfScope) and left out."""
 
 import pytest
 from pytest_django.fixtures import Settings
@@ -53,16 +54,44 @@ def test_it_follows_a_repository_from_its_first_write_of_the_signal_collection()
     drain()
     push(client, [(2, commit_frame(2, [("create", f"{SIGNAL}/3laaaaaaaaaa3", {"$type": SIGNAL, "createdAt": WHEN}),
                                        ("create", "app.bsky.feed.post/3laaaaaaaaaa4", post("signalled"))],
-                                   did=UNTRACKED)),
-                  (3, commit_frame(3, [("create", "app.bsky.feed.post/3laaaaaaaaaa5", post("after"))],
                                    did=UNTRACKED))])
     drain()
-    assert sorted(Post.objects.values_list("text", flat=True)) == ["after", "signalled"]
     assert BackfillRepo.objects.get(did=UNTRACKED).state == "pending"  # its history comes with the next backfill
+    push(client, [(3, commit_frame(3, [("create", "app.bsky.feed.post/3laaaaaaaaaa5", post("after"))],
+                                   did=UNTRACKED))])
+    drain()  # a later batch: in the scope through the backfill queue now
+    assert sorted(Post.objects.values_list("text", flat=True)) == ["after", "signalled"]
     assert metrics(client)["outOfScope"] == 1
+
+
+def test_it_lets_no_commit_that_fails_its_checks_bring_a_repository_into_the_scope() -> None:
+    spoiled = commit_frame(1, [("create", f"{SIGNAL}/3laaaaaaaaaa3", {"$type": SIGNAL, "createdAt": WHEN}),
+                               ("create", "app.bsky.feed.post/3laaaaaaaaaa4", post("forged"))],
+                           did=UNTRACKED, rev="not-a-tid")
+    push(redis_store.connect(), [(1, spoiled)])
+    drain()
+    assert not Post.objects.exists() and not BackfillRepo.objects.filter(did=UNTRACKED).exists()
+    counted = metrics(redis_store.connect())
+    assert (counted["outOfScope"], counted["errors"]) == (1, 0)
+
+
+def test_it_keeps_the_accounts_tracked_records_name_current() -> None:
+    follow = {"$type": "app.bsky.graph.follow", "subject": UNTRACKED, "createdAt": WHEN}
+    client = redis_store.connect()
+    push(client, [(1, commit_frame(1, [("create", "app.bsky.graph.follow/3laaaaaaaaaa2", follow)], did=TRACKED))])
+    drain()  # the followed account has an actor row from now on
+    push(client, [
+        (2, event_frame(2, "#account", did=UNTRACKED, active=False, status="takendown")),
+        (3, commit_frame(3, [("create", "app.bsky.feed.post/3laaaaaaaaaa3", post("untracked"))], did=UNTRACKED)),
+    ])
+    drain()
+    assert (Actor.objects.get(did=UNTRACKED).status, Post.objects.exists()) == ("takendown", False)
+    assert metrics(redis_store.connect())["outOfScope"] == 1
 
 
 def test_it_refuses_a_live_scope_or_signal_collection_it_does_not_know_at_start() -> None:
     assert_one_line(run_check(LIVE_SCOPE="some"), "LIVE_SCOPE must be network or tracked, got 'some'")
     assert_one_line(run_check(SIGNAL_COLLECTION="not an nsid"), "SIGNAL_COLLECTION must be an NSID, got 'not an nsid'")
+    assert_one_line(run_check(SIGNAL_COLLECTION=SIGNAL),
+                    "SIGNAL_COLLECTION brings repositories into LIVE_SCOPE=tracked only: set LIVE_SCOPE too")
     assert run_check(LIVE_SCOPE="tracked", SIGNAL_COLLECTION=SIGNAL).returncode == 0

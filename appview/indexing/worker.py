@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 import psycopg
 import redis
@@ -33,14 +34,14 @@ from appview.indexing import services
 from appview.indexing.consumer import BATCH_FRAME_BYTES, READ_CHUNK, Abandon, StreamConsumer
 from appview.indexing.events import ParsedEvent, parse_body, read_entry
 from appview.sync.handles import copy_confirmed_handles
-from appview.sync.live_scope import mark_out_of_scope
+from appview.sync.live_scope import admit_signalled, mark_out_of_scope
 from appview.sync.signatures import check_signatures
 from identity import services as identity
 from pipeline import redis_store, stream
 from pipeline.cursor import advance_durable_cursor
-from protocol.frames import Frame
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 2.0
 LOG_SECONDS = 5.0
@@ -248,15 +249,22 @@ class Worker:
             return None
         verify = settings.VERIFY_COMMITS
         headed = [read_entry(entry_id, fields) for entry_id, fields in entries if fields is not None]
+        signal_collection = settings.SIGNAL_COLLECTION
+        candidates: set[str] = set()
         if settings.LIVE_SCOPE == "tracked":
-            self._follow_scope(headed)
+            candidates = self._with_database(
+                "the live scope", lambda: mark_out_of_scope(headed, signal_collection=signal_collection))
         for event, frame in headed:
             if frame is not None and not event.out_of_scope:
                 parse_body(event, frame, verify=verify)
         events = [event for event, _ in headed]
         if verify:
             check_signatures(events, wait=settings.SIGNING_KEY_WAIT)
-        identity.refresh_in_background(event.did for event in events if event.identity_changed)
+        if candidates:
+            self._with_database("the live scope", lambda: admit_signalled(
+                headed, candidates, signal_collection=signal_collection))
+        identity.refresh_in_background(event.did for event in events
+                                       if event.identity_changed and not event.out_of_scope)
         return Batch(
             events=events,
             gone=[entry_id for entry_id, fields in entries if fields is None],
@@ -264,18 +272,20 @@ class Worker:
             read_at=read_at,
         )
 
-    def _follow_scope(self, headed: list[tuple[ParsedEvent, Frame | None]]) -> None:
-        """Marks the events LIVE_SCOPE leaves out; waits (with backoff) while PostgreSQL, which knows the scope,
-        is unreachable; raises Abandon if asked to stop meanwhile."""
+    def _with_database(self, what: str, task: Callable[[], T]) -> T:
+        """``task``'s result, waiting (with backoff) while PostgreSQL is unreachable; raises Abandon if asked to
+        stop meanwhile, and any other error at once."""
         backoff = 0.5
         while True:
             try:
-                mark_out_of_scope(headed, signal_collection=settings.SIGNAL_COLLECTION)
-                return
-            except DatabaseError as exc:
-                logger.warning("the live scope is unknown, PostgreSQL failed (%s); retrying in %.1f s",
-                               _describe(exc), backoff)
+                return task()
+            except Exception as exc:
+                if not _database_down(exc):
+                    raise
+                logger.warning("%s is unknown, PostgreSQL failed (%s); retrying in %.1f s", what, _describe(exc),
+                               backoff)
                 _close_connection()
+                self._heartbeat()
                 if self.stop:
                     raise Abandon from exc
                 self.sleep(backoff)

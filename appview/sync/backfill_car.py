@@ -25,8 +25,8 @@ from protocol.crypto import PublicKey
 from protocol.repo import SignedCommit, SyncError, check_export_commit, tree_records
 
 # Every block of a repository is DAG-CBOR, named by a dag-cbor sha2-256 CIDv1.
-_CID_LENGTH = len(DAG_CBOR_CID_PREFIX) + 32
 _DIGEST_LENGTH = 32
+_CID_LENGTH = len(DAG_CBOR_CID_PREFIX) + _DIGEST_LENGTH
 _EMPTY = 0  # a free slot of the table; a key that is 0 is stored as 1 (keys only narrow the search)
 _MAX_LOAD = 0.7
 _FIRST_CAPACITY = 1024

@@ -74,6 +74,9 @@ def stage_repository(repository: StreamedRepository, *, hand_over: Callable[[Sta
         for path, cid in repository.records():
             collection, _, rkey = path.partition("/")
             if not is_stored(collection, filters):
+                # Not stored, but part of the repository: one missing fails it, whatever is stored of it.
+                if cid not in repository.index:
+                    raise SyncError("missing-block", f"the record block of {path[:200]} is missing")
                 continue
             valid = valid_collections.get(collection)
             if valid is None:

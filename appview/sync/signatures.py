@@ -40,6 +40,8 @@ def check_signatures(events: Sequence[ParsedEvent], *, wait: float) -> None:
         return
     dids = list(dict.fromkeys(event.did for event, _ in failing))[:REFRESHES_PER_BATCH]
     refreshed = identity.refreshed_signing_keys(dids, wait=max(deadline - time.monotonic(), 0.0))
+    for did in set(dids) - set(refreshed):
+        logger.info("the DID document of %s did not come again in time: its failing commits are refused", did)
     for event, commit in failing:
         key = refreshed.get(event.did)
         if key is None or not key.verify(commit.unsigned_bytes(), commit.sig):
