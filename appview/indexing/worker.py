@@ -282,8 +282,8 @@ class Worker:
             except Exception as exc:
                 if not _database_down(exc):
                     raise
-                logger.warning("%s is unknown, PostgreSQL failed (%s); retrying in %.1f s", what, _describe(exc),
-                               backoff)
+                logger.warning("%s waits: PostgreSQL unreachable or not migrated (%s); retrying in %.1f s", what,
+                               _describe(exc), backoff)
                 _close_connection()
                 self._heartbeat()
                 if self.stop:
@@ -343,30 +343,22 @@ class Worker:
     def _try_apply(self, events: list[ParsedEvent]) -> str | None:
         """Applies the events in one transaction: None on success, else the error. Waits (with backoff)
         while PostgreSQL is unreachable; raises Abandon if asked to stop meanwhile."""
-        backoff = 0.5
         deadlocks = 0
         while True:
             try:
-                services.index_events(events=events, known_actors=self._known_actors)
+                self._with_database("the batch", lambda: services.index_events(
+                    events=events, known_actors=self._known_actors))
                 return None
+            except Abandon:
+                raise
             except Exception as exc:
-                if services.is_transaction_rollback(exc):
-                    deadlocks += 1
-                    if deadlocks > DEADLOCK_RETRIES:
-                        return _describe(exc)
-                    logger.info("worker %s: %s; retrying the batch", self.consumer, _describe(exc))
-                    self.sleep(random.uniform(0.01, 0.1) * deadlocks)
-                    continue
-                if not _database_down(exc):
+                if not services.is_transaction_rollback(exc):
                     return _describe(exc)
-                logger.warning("PostgreSQL unreachable or not migrated (%s); retrying in %.1f s",
-                               _describe(exc), backoff)
-                _close_connection()
-                self._heartbeat()
-                if self.stop:
-                    raise Abandon from exc
-                self.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                deadlocks += 1
+                if deadlocks > DEADLOCK_RETRIES:
+                    return _describe(exc)
+                logger.info("worker %s: %s; retrying the batch", self.consumer, _describe(exc))
+                self.sleep(random.uniform(0.01, 0.1) * deadlocks)
 
     def _acknowledge(self, done: list[ParsedEvent], dead: list[tuple[ParsedEvent, str]]) -> None:
         acked, errors = self.stream_io.acknowledge(done, dead)
