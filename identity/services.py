@@ -32,7 +32,7 @@ from identity.resolver import (
 )
 from protocol.crypto import PublicKey
 
-__all__ = ["INVALID_HANDLE", "Identity", "IdentityError", "pending_resolutions", "refresh_in_background",
+__all__ = ["INVALID_HANDLE", "Identity", "IdentityError", "pending_resolutions", "refresh", "refresh_in_background",
            "refreshed_signing_keys", "resolve", "signing_keys", "stats"]
 
 logger = logging.getLogger(__name__)
@@ -71,25 +71,32 @@ _pool: ThreadPoolExecutor | None = None
 _fresh_pool: ThreadPoolExecutor | None = None
 
 
-def resolve(did: str) -> Identity:
-    """The identity of ``did``. Raises IdentityError; a transient failure returns the last known identity if any."""
+def resolve(did: str, *, refresh: bool = False) -> Identity:
+    """The identity of ``did``. ``refresh`` skips the cached answer (not the backoff of a failing DID or host).
+    Raises IdentityError; a transient failure without ``refresh`` returns the last known identity if any."""
     check_did(did)
     now = time.time()
-    entry = _memory.get(did)
-    if entry is not None and entry.is_fresh(now):
-        _count("memory_hits")
-        return _answer(entry)
+    if not refresh:
+        entry = _memory.get(did)
+        if entry is not None and entry.is_fresh(now):
+            _count("memory_hits")
+            return _answer(entry)
     entry = cache.load([did]).get(did)
     if entry is not None:
         _memory.put(did, entry)
-        if entry.is_fresh(now):
+        if not refresh and entry.is_fresh(now):
             _count("db_hits")
             return _answer(entry)
     with _in_flight_lock:
-        running = _in_flight.get(did)
+        running = None if refresh else _in_flight.get(did)
     if running is not None:
         return _join(did, running)
-    return _from_network(did, known=entry, use_stale=True)
+    return _from_network(did, known=entry, use_stale=not refresh)
+
+
+def refresh(did: str) -> Identity:
+    """The identity of ``did`` fetched again now, as an ``#identity`` event asks; raises IdentityError."""
+    return resolve(did, refresh=True)
 
 
 def refresh_in_background(dids: Iterable[str]) -> None:
